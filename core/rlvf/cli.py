@@ -1,0 +1,223 @@
+"""The `rlvf` command line. Each command is a small function; heavy imports happen inside them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from rlvf.errors import ConfigError, RewardError, RlvfError
+from rlvf.table import format_table
+
+
+def _registry():
+    from rlvf.plugins import get_registry
+
+    return get_registry()
+
+
+def cmd_plugins(args) -> None:
+    registry = _registry()
+    plugins = sorted(registry.plugins.values(), key=lambda p: p.distribution)
+    if args.json:
+        print(json.dumps([
+            {"name": p.name, "distribution": p.distribution, "version": p.version, "entry_point": p.entry_point,
+             "rewards": p.rewards, "tasks": p.tasks} for p in plugins], indent=2))
+        return
+    if not plugins:
+        print("no rlvf plugins installed")
+        return
+    print(format_table(["distribution", "version", "entry point", "rewards", "tasks"],
+                       [[p.distribution, p.version, p.entry_point, ", ".join(p.rewards) or "-",
+                         ", ".join(p.tasks) or "-"] for p in plugins]))
+
+
+def cmd_rewards(args) -> None:
+    rewards = sorted(_registry().rewards.values(), key=lambda r: r.name)
+    if args.json:
+        print(json.dumps([{"name": r.name, "plugin": r.plugin, "description": r.description,
+                           "options": r.options()} for r in rewards], indent=2, default=repr))
+        return
+    print(format_table(["reward", "plugin", "options", "description"],
+                       [[r.name, r.plugin, ", ".join(f"{k}={v!r}" for k, v in r.options().items()) or "-",
+                         r.description] for r in rewards]))
+
+
+def cmd_tasks(args) -> None:
+    registry = _registry()
+    if args.name:  # show some rows of one task
+        from rlvf.config import TaskConfig
+        from rlvf.tasks import task_from_config
+
+        task = task_from_config(TaskConfig(name=args.name), registry)
+        for row in task.rows(args.split, limit=args.limit):
+            print(json.dumps(row, ensure_ascii=False, default=str))
+        return
+    tasks = sorted(registry.tasks.values(), key=lambda t: t.name)
+    if args.json:
+        print(json.dumps([{"name": t.name, "plugin": t.plugin, "description": t.description,
+                           "default_rewards": t.default_rewards, "options": t.options} for t in tasks], indent=2))
+        return
+    print(format_table(["task", "plugin", "default rewards", "description"],
+                       [[t.name, t.plugin, ", ".join(f"{k}:{v:g}" for k, v in t.default_rewards.items()),
+                         t.description] for t in tasks]))
+
+
+def _parse_reward_flag(text: str) -> tuple[str, float]:
+    name, _, weight = text.partition(":")
+    try:
+        return name, float(weight) if weight else 1.0
+    except ValueError:
+        raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number") from None
+
+
+def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, row) for each non-blank line; a malformed row is an error naming its line."""
+    rows = []
+    try:
+        handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"input file {path} does not exist") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+            missing = [key for key in required if key not in row]
+            if missing:
+                raise ConfigError(f"{path}:{number}: row has no {', '.join(map(repr, missing))} field "
+                                  f"(it has {', '.join(sorted(row)) or 'none'})")
+            rows.append((number, row))
+    return rows
+
+
+def cmd_score(args) -> None:
+    from rlvf.config import RewardEntry, load_config
+    from rlvf.rewards import mix_from_config
+
+    config = load_config(args.config, args.overrides)
+    if args.reward:
+        config.reward.mix = {name: RewardEntry(weight=weight) for name, weight in map(_parse_reward_flag, args.reward)}
+    if args.aggregation:
+        config.reward.aggregation = args.aggregation
+    if args.on_error:
+        for entry in config.reward.mix.values():
+            entry.on_error = args.on_error
+    mix = mix_from_config(config.reward, _registry())
+    rows = read_jsonl(args.input, required=("completion",))
+
+    totals: dict[str, list[float | None]] = {name: [] for name in [*mix.names, "reward"]}
+    failures = dict.fromkeys(mix.names, 0)
+    output = sys.stdout if str(args.output) == "-" else open(args.output, "w", encoding="utf-8")
+    with output:
+        for start in range(0, len(rows), args.batch_size):
+            batch = rows[start: start + args.batch_size]
+            data = [row for _, row in batch]
+            columns = {key: [row.get(key) for row in data] for row in data for key in row
+                       if key not in ("prompt", "completion")}
+            try:
+                result = mix.score([row.get("prompt", "") for row in data], [row["completion"] for row in data],
+                                   **columns)
+            except RewardError as exc:
+                where = f"{args.input}:{batch[exc.sample][0]}: " if exc.sample is not None else ""
+                raise RewardError(f"{where}{exc}") from exc
+            for i, row in enumerate(data):
+                scored = {**row, **{name: values[i] for name, values in result.per_reward.items()},
+                          "reward": result.total[i]}
+                output.write(json.dumps(scored, ensure_ascii=False) + "\n")
+                for name, values in result.per_reward.items():
+                    totals[name].append(values[i])
+                totals["reward"].append(result.total[i])
+            for name, count in result.failures.items():
+                failures[name] += count
+            output.flush()
+
+    weights = {entry.name: entry.weight for entry in mix.entries}
+    summary = []
+    for name, values in totals.items():
+        scored = [v for v in values if v is not None]
+        summary.append([name, f"{weights[name]:g}" if name in weights else mix.aggregation,
+                        f"{sum(scored) / len(scored):.4f}" if scored else "-",
+                        f"{min(scored):.4f}" if scored else "-", f"{max(scored):.4f}" if scored else "-",
+                        len(scored), len(values) - len(scored), failures.get(name, "-")])
+    print(format_table(["reward", "weight", "mean", "min", "max", "scored", "n/a", "failures"], summary),
+          file=sys.stderr)
+    print(f"{len(rows)} rows scored -> {args.output}", file=sys.stderr)
+
+
+def cmd_new_plugin(args) -> None:
+    from rlvf.scaffold import write_plugin
+
+    directory = write_plugin(args.name, Path(args.directory))
+    print(f"wrote {directory}\ninstall it with: pip install -e {directory}\nthen check: rlvf plugins")
+
+
+def cmd_model(args) -> None:
+    from rlvf.models import resolve_model
+
+    print(resolve_model(args.name))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlvf", description="RL for language models with plugin rewards")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, function, help_text):
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(function=function)
+        return sub
+
+    sub = add("plugins", cmd_plugins, "list installed plugins and what they provide")
+    sub.add_argument("--json", action="store_true")
+    sub = add("rewards", cmd_rewards, "list available rewards with their options")
+    sub.add_argument("--json", action="store_true")
+    sub = add("tasks", cmd_tasks, "list available tasks, or print rows of one")
+    sub.add_argument("name", nargs="?", help="print rows of this task as JSONL")
+    sub.add_argument("--split", default="eval", choices=["train", "eval"])
+    sub.add_argument("--limit", type=int, default=5)
+    sub.add_argument("--json", action="store_true")
+
+    sub = add("score", cmd_score, "score prompt/completion rows (JSONL) with a reward mix")
+    sub.add_argument("config", nargs="?", help="TOML config whose [reward] section defines the mix")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.aggregation=normalize_then_sum")
+    sub.add_argument("--reward", action="append", metavar="NAME[:WEIGHT]", help="a reward in the mix (repeat)")
+    sub.add_argument("--aggregation", choices=["sum", "normalize_then_sum"])
+    sub.add_argument("--on-error", choices=["raise", "zero"], help="failure policy for every reward")
+    sub.add_argument("--input", required=True, type=Path, help="JSONL rows with 'completion' (and 'prompt', "
+                     "plus the columns the rewards read); '-' for stdin")
+    sub.add_argument("--output", default="-", type=Path, help="JSONL output (default: stdout)")
+    sub.add_argument("--batch-size", type=int, default=64)
+
+    sub = add("new-plugin", cmd_new_plugin, "write a ready-to-install reward plugin package")
+    sub.add_argument("name", help="short name, e.g. 'toxicity' -> package rlvf-toxicity")
+    sub.add_argument("--directory", default=".", help="where to create the package folder")
+
+    sub = add("model", cmd_model, "resolve a model name to a local directory (converting an embedded model once)")
+    sub.add_argument("name", nargs="?", default="smollm2-135m")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "config", None) and "=" in args.config:  # `rlvf score key=value`: no config file
+        args.overrides.insert(0, args.config)
+        args.config = None
+    try:
+        args.function(args)
+    except RlvfError as exc:
+        print(f"rlvf {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `rlvf tasks arithmetic | head`
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

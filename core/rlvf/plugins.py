@@ -1,0 +1,155 @@
+"""Plugin discovery: every reward and task reaches the core through the `rlvf` entry-point group.
+
+Each entry point names a module (or object) with `@hookimpl` functions. We load entry points ourselves
+instead of `PluginManager.load_setuptools_entrypoints` so that an import failure, an invalid hook or a
+hook that raises is reported with the distribution and entry point at fault.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from dataclasses import dataclass, field
+from functools import cache
+from typing import Any
+
+import pluggy
+
+from rlvf import hookspecs
+from rlvf.errors import PluginError
+from rlvf.rewards import RewardSpec
+from rlvf.tasks import Task
+
+ENTRY_POINT_GROUP = "rlvf"
+PLUGIN_FILTER_ENV = "RLVF_PLUGINS"
+
+
+@dataclass
+class PluginInfo:
+    """One loaded plugin: where it came from and what it registered."""
+
+    name: str  # entry point name
+    distribution: str
+    version: str
+    entry_point: str  # "name = module:attr", for error messages
+    rewards: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return f"plugin '{self.name}' (distribution {self.distribution} {self.version}, entry point {self.entry_point})"
+
+
+@dataclass
+class Registry:
+    """Everything the installed plugins provide, by name."""
+
+    plugins: dict[str, PluginInfo] = field(default_factory=dict)
+    rewards: dict[str, RewardSpec] = field(default_factory=dict)
+    tasks: dict[str, Task] = field(default_factory=dict)
+    manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
+    _owner: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
+
+    def reward(self, name: str) -> RewardSpec:
+        if name not in self.rewards:
+            raise PluginError(
+                f"unknown reward '{name}'. Installed rewards: {', '.join(sorted(self.rewards)) or 'none'}. "
+                "Install the plugin that provides it (see `rlvf plugins`)."
+            )
+        return self.rewards[name]
+
+    def task(self, name: str) -> Task:
+        if name not in self.tasks:
+            raise PluginError(
+                f"unknown task '{name}'. Installed tasks: {', '.join(sorted(self.tasks)) or 'none'}. "
+                "Install the plugin that provides it, or declare a dataset task in the config."
+            )
+        return self.tasks[name]
+
+    def _claim(self, kind: str, name: str, plugin: PluginInfo) -> None:
+        previous = self._owner.get((kind, name))
+        if previous is not None:
+            raise PluginError(
+                f"{kind} '{name}' is registered twice: by {previous.describe()} and by {plugin.describe()}. "
+                f"Uninstall one of them, or restrict loading with {PLUGIN_FILTER_ENV}."
+            )
+        self._owner[(kind, name)] = plugin
+
+    def add_plugin(self, plugin_object: Any, info: PluginInfo) -> None:
+        """Register one plugin object (a module or anything with hookimpls) and run its hooks."""
+        if info.name in self.plugins:
+            raise PluginError(f"two plugins use the name '{info.name}': "
+                              f"{self.plugins[info.name].describe()} and {info.describe()}")
+        try:
+            self.manager.register(plugin_object, name=info.name)
+            self.manager.check_pending()  # a misspelt hook name would otherwise be silently ignored
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"{info.describe()} has an invalid hook: {exc}") from exc
+        self.plugins[info.name] = info
+
+        def register_reward(reward, name=None, description=None):
+            spec = RewardSpec.from_callable(reward, name=name, description=description, plugin=info.distribution)
+            self._claim("reward", spec.name, info)
+            self.rewards[spec.name] = spec
+            info.rewards.append(spec.name)
+
+        def register_task(task):
+            if not isinstance(task, Task):
+                raise PluginError(f"{info.describe()} registered {task!r} as a task; expected an rlvf.tasks.Task")
+            self._claim("task", task.name, info)
+            task.plugin = info.distribution
+            self.tasks[task.name] = task
+            info.tasks.append(task.name)
+
+        for hook_name, register in (("register_rewards", register_reward), ("register_tasks", register_task)):
+            for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
+                if impl.plugin_name != info.name:
+                    continue
+                try:
+                    impl.function(register=register)
+                except PluginError:
+                    raise
+                except Exception as exc:
+                    raise PluginError(f"{info.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _new_manager() -> pluggy.PluginManager:
+    manager = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    manager.add_hookspecs(hookspecs)
+    return manager
+
+
+def _allowed_plugins() -> set[str] | None:
+    """Names allowed by RLVF_PLUGINS (entry point or distribution names); None means all."""
+    value = os.environ.get(PLUGIN_FILTER_ENV)
+    if value is None:
+        return None
+    return {part.strip() for part in value.split(",") if part.strip()}
+
+
+def load_registry() -> Registry:
+    """Load every installed plugin (as filtered by RLVF_PLUGINS) into a fresh registry."""
+    registry = Registry()
+    allowed = _allowed_plugins()
+    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        dist = entry_point.dist
+        dist_name = dist.metadata["Name"] if dist is not None else "<unknown distribution>"
+        if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+            continue
+        info = PluginInfo(
+            name=entry_point.name,
+            distribution=dist_name,
+            version=dist.version if dist is not None else "?",
+            entry_point=f"{entry_point.name} = {entry_point.value}",
+        )
+        try:
+            plugin_object = entry_point.load()
+        except Exception as exc:
+            raise PluginError(f"{info.describe()} failed to import: {type(exc).__name__}: {exc}") from exc
+        registry.add_plugin(plugin_object, info)
+    return registry
+
+
+@cache
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    return load_registry()

@@ -1,0 +1,287 @@
+"""Rewards and reward mixes.
+
+A reward is any callable with the TRL batch signature `reward(prompts, completions, **columns)`, called
+with keyword arguments as TRL calls it, returning one `float | None` per completion; `None` means "not
+applicable to this sample". It may be async. A reward registered as a class is built with its options as
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from rlvf.config import RewardConfig, RewardEntry
+from rlvf.errors import RewardError
+
+OnError = Literal["raise", "zero"]
+Aggregation = Literal["sum", "normalize_then_sum"]
+AGGREGATIONS = ("sum", "normalize_then_sum")
+
+
+@dataclass
+class RewardSpec:
+    """A registered reward: how to build it and how to describe it."""
+
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    plugin: str
+    takes_options: bool  # classes take options; plain functions are used as they are
+
+    @classmethod
+    def from_callable(cls, reward, *, name=None, description=None, plugin="") -> RewardSpec:
+        if not callable(reward):
+            raise RewardError(f"reward {name or reward!r} from {plugin or 'unknown plugin'} is not callable")
+        name = name or getattr(reward, "__name__", None)
+        if not name:
+            raise RewardError(f"reward {reward!r} from {plugin or 'unknown plugin'} needs a name")
+        doc = (inspect.getdoc(reward) or "").strip()
+        return cls(
+            name=name,
+            factory=reward,
+            description=description or (doc.splitlines()[0] if doc else ""),
+            plugin=plugin,
+            takes_options=inspect.isclass(reward),
+        )
+
+    def options(self) -> dict[str, Any]:
+        """The constructor options with their defaults (for listings and config validation)."""
+        if not self.takes_options:
+            return {}
+        params = inspect.signature(self.factory).parameters.values()
+        return {
+            p.name: (None if p.default is inspect.Parameter.empty else p.default)
+            for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        }
+
+    def build(self, **options) -> Callable[..., Any]:
+        if not self.takes_options:
+            if options:
+                raise RewardError(f"reward '{self.name}' takes no options, got {sorted(options)}")
+            return self.factory
+        known = self.options()
+        accepts_any = any(p.kind == p.VAR_KEYWORD for p in inspect.signature(self.factory).parameters.values())
+        unknown = sorted(set(options) - set(known))
+        if unknown and not accepts_any:
+            raise RewardError(
+                f"reward '{self.name}' has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(sorted(known)) or 'none'}"
+            )
+        try:
+            return self.factory(**options)
+        except Exception as exc:
+            raise RewardError(f"reward '{self.name}' (from {self.plugin}) could not be built: "
+                              f"{type(exc).__name__}: {exc}") from exc
+
+
+@dataclass
+class MixEntry:
+    """One reward in a mix. `name` is the output column; it defaults to the reward's registered name."""
+
+    name: str
+    function: Callable[..., Any]
+    weight: float = 1.0
+    on_error: OnError = "raise"
+
+
+@dataclass
+class MixResult:
+    """Scores of one batch: the mixed reward and each reward's own values (kept for metrics)."""
+
+    total: list[float | None]
+    per_reward: dict[str, list[float | None]]
+    failures: dict[str, int]
+    reward_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def metrics(self) -> dict[str, float]:
+        """Flat per-batch metrics: mean of each reward over the samples it applied to, failure counts."""
+        out: dict[str, float] = {}
+        for name, values in self.per_reward.items():
+            scored = [v for v in values if v is not None]
+            if scored:
+                out[f"reward/{name}/mean"] = sum(scored) / len(scored)
+            out[f"reward/{name}/applicable"] = len(scored) / max(len(values), 1)
+            out[f"reward/{name}/failures"] = float(self.failures.get(name, 0))
+            for key, value in self.reward_metrics.get(name, {}).items():
+                out[f"reward/{name}/{key}"] = float(value)
+        mixed = [v for v in self.total if v is not None]
+        if mixed:
+            out["reward/mean"] = sum(mixed) / len(mixed)
+        return out
+
+
+class RewardMix:
+    """Several rewards combined with weights.
+
+    `sum`: the weighted sum of the rewards that apply to a sample (`None` ones are left out).
+    `normalize_then_sum`: each reward is first standardised (z-score) over the samples it applies to,
+    within each group when `group_ids` are given (e.g. the G completions of one prompt), then summed.
+    A sample to which no reward applies gets `None`.
+    """
+
+    def __init__(self, entries: Sequence[MixEntry], aggregation: Aggregation = "sum", eps: float = 1e-6):
+        if not entries:
+            raise RewardError("a reward mix needs at least one reward")
+        if aggregation not in AGGREGATIONS:
+            raise RewardError(f"unknown aggregation '{aggregation}'; choose one of {', '.join(AGGREGATIONS)}")
+        names = [e.name for e in entries]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise RewardError(f"reward {', '.join(duplicates)} appears twice in the mix; give each a distinct name")
+        self.entries = list(entries)
+        self.aggregation = aggregation
+        self.eps = eps
+
+    @property
+    def names(self) -> list[str]:
+        return [e.name for e in self.entries]
+
+    def score(self, prompts: Sequence[Any], completions: Sequence[Any], group_ids: Sequence[Any] | None = None,
+              **columns: Sequence[Any]) -> MixResult:
+        n = len(completions)
+        if len(prompts) != n:
+            raise RewardError(f"{len(prompts)} prompts but {n} completions")
+        for key, values in columns.items():
+            if len(values) != n:
+                raise RewardError(f"column '{key}' has {len(values)} values for {n} completions")
+        failures: dict[str, int] = {}
+        per_reward = _gather(
+            {e.name: (lambda e=e: _call_batch(e, prompts, completions, columns, failures)) for e in self.entries}
+        )
+        total = self._aggregate(per_reward, group_ids, n)
+        reward_metrics = {}
+        for entry in self.entries:
+            pop = getattr(entry.function, "pop_metrics", None)
+            if callable(pop):
+                reward_metrics[entry.name] = dict(pop())
+        return MixResult(total=total, per_reward=per_reward, failures=failures, reward_metrics=reward_metrics)
+
+    def _aggregate(self, per_reward, group_ids, n) -> list[float | None]:
+        if self.aggregation == "normalize_then_sum":
+            per_reward = {name: _standardise(values, group_ids, self.eps) for name, values in per_reward.items()}
+        total: list[float | None] = []
+        for i in range(n):
+            parts = [(e.weight, per_reward[e.name][i]) for e in self.entries]
+            applicable = [w * v for w, v in parts if v is not None]
+            total.append(sum(applicable) if applicable else None)
+        return total
+
+
+def _standardise(values: list[float | None], group_ids, eps: float) -> list[float | None]:
+    groups: dict[Any, list[int]] = {}
+    for i, v in enumerate(values):
+        if v is not None:
+            groups.setdefault(group_ids[i] if group_ids is not None else 0, []).append(i)
+    out: list[float | None] = list(values)
+    for members in groups.values():
+        xs = [values[i] for i in members]
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
+        for i in members:
+            out[i] = (values[i] - mean) / (std + eps)
+    return out
+
+
+def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[str, int]):
+    """Call one reward on the batch: its values, or an awaitable of them for `_gather` to resolve.
+
+    On failure the batch is re-run sample by sample, so the error names the sample at fault and the
+    `zero` policy scores only the failing samples 0.
+    """
+    n = len(completions)
+    try:
+        # Keyword arguments, as TRL calls them: `def f(completions, **kwargs)` works unchanged.
+        result = entry.function(prompts=list(prompts), completions=list(completions),
+                                **{k: list(v) for k, v in columns.items()})
+        if not inspect.isawaitable(result):
+            return _validate(entry, result, n)
+    except Exception:
+        return _per_sample(entry, prompts, completions, columns, failures)
+
+    async def finish():
+        try:
+            return _validate(entry, await result, n)
+        except Exception:
+            return await _per_sample(entry, prompts, completions, columns, failures)
+    return finish()
+
+
+async def _per_sample(entry, prompts, completions, columns, failures):
+    values: list[float | None] = []
+    for i in range(len(completions)):
+        try:
+            one = entry.function(prompts=[prompts[i]], completions=[completions[i]],
+                                 **{k: [v[i]] for k, v in columns.items()})
+            if inspect.isawaitable(one):
+                one = await one
+            values.append(_validate(entry, one, 1)[0])
+        except Exception as exc:
+            if entry.on_error == "raise":
+                detail = str(exc) if isinstance(exc, RewardError) else f"{type(exc).__name__}: {exc}"
+                raise RewardError(f"reward '{entry.name}' failed on sample {i}: {detail}", sample=i) from exc
+            failures[entry.name] = failures.get(entry.name, 0) + 1
+            values.append(0.0)
+    return values
+
+
+def _validate(entry: MixEntry, values, n: int) -> list[float | None]:
+    if not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward '{entry.name}' returned {type(values).__name__}; expected a list of {n} floats")
+    if len(values) != n:
+        raise RewardError(f"reward '{entry.name}' returned {len(values)} values for {n} completions")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+            continue
+        try:
+            if isinstance(v, (str, bytes)):
+                raise TypeError
+            f = float(v)  # also takes numpy and torch scalars
+        except (TypeError, ValueError):
+            raise RewardError(f"reward '{entry.name}' returned {v!r}; expected a float or None") from None
+        if not math.isfinite(f):
+            raise RewardError(f"reward '{entry.name}' returned {f}; use None for 'not applicable'")
+        out.append(f)
+    return out
+
+
+def _gather(calls: dict[str, Callable[[], Any]]) -> dict[str, list[float | None]]:
+    """Run every reward; the async ones concurrently on one event loop."""
+    results = {name: call() for name, call in calls.items()}
+    pending = {name: r for name, r in results.items() if inspect.isawaitable(r)}
+    if pending:
+        async def run_all():
+            return await asyncio.gather(*pending.values())
+        try:
+            asyncio.get_running_loop()
+            in_loop = True
+        except RuntimeError:
+            in_loop = False
+        if in_loop:  # e.g. called from a notebook: run the loop in a helper thread
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                done = pool.submit(asyncio.run, run_all()).result()
+        else:
+            done = asyncio.run(run_all())
+        results.update(zip(pending, done))
+    return results
+
+
+def mix_from_config(config: RewardConfig, registry, default_rewards: dict[str, float] | None = None) -> RewardMix:
+    """Build the mix a `RewardConfig` describes; with no `mix` entries, the task's default rewards."""
+    mix = config.mix or {name: RewardEntry(weight=weight) for name, weight in (default_rewards or {}).items()}
+    if not mix:
+        raise RewardError("no rewards: add [reward.mix] entries to the config (or pass --reward NAME)")
+    entries = []
+    for key, entry in mix.items():
+        spec = registry.reward(entry.reward or key)
+        entries.append(MixEntry(name=key, function=spec.build(**entry.options), weight=entry.weight,
+                                on_error=entry.on_error))
+    return RewardMix(entries, aggregation=config.aggregation)

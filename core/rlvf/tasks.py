@@ -1,0 +1,168 @@
+"""Tasks: where prompts come from.
+
+A task yields rows: a `prompt` (text, or chat messages when `chat` is on) plus the columns its rewards
+read (`answer`, `tests`, ...). Plugins register `Task` subclasses that override `load`; users declare a
+`DatasetTask` in config from any `datasets` source, with no code.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from rlvf.errors import ConfigError
+
+SPLITS = ("train", "eval")
+
+
+class Task:
+    """A source of prompts with the columns its rewards need.
+
+    Subclasses set the class attributes and override `load(split)`, which yields raw rows (dicts). Their
+    `options` (with defaults) can be changed from config; `load` reads them from `self.options`.
+    """
+
+    name: str = ""
+    description: str = ""
+    template: str = "{question}"  # the user message, formatted with the row's columns
+    system_prompt: str | None = None
+    few_shot: list[tuple[str, str]] = []  # (user, assistant) example turns placed before the question
+    chat: bool = True  # prompts as chat messages (the trainer applies the model's chat template)
+    default_rewards: dict[str, float] = {}
+    options: dict[str, Any] = {}
+    plugin: str = ""  # set by the registry: which distribution registered the task
+
+    def load(self, split: str) -> Iterable[dict[str, Any]]:
+        raise NotImplementedError(f"task '{self.name}' does not implement load(split)")
+
+    def configured(self, **options: Any) -> Task:
+        """A copy with some options changed; unknown option names are rejected."""
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise ConfigError(f"task '{self.name}' has no option {', '.join(map(repr, unknown))}; "
+                              f"its options are: {', '.join(sorted(self.options)) or 'none'}")
+        task = copy.copy(self)
+        task.options = {**self.options, **options}
+        return task
+
+    def rows(self, split: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Rows of a split with `prompt` built from the template; the raw columns are kept."""
+        if split not in SPLITS:
+            raise ConfigError(f"unknown split '{split}' for task '{self.name}'; use one of {', '.join(SPLITS)}")
+        out = []
+        for index, row in enumerate(self.load(split)):
+            if limit is not None and index >= limit:
+                break
+            out.append({**row, "prompt": self.format_prompt(row)})
+        return out
+
+    def format_prompt(self, row: dict[str, Any]) -> str | list[dict[str, str]]:
+        question = fill_template(self.template, row)
+        if not self.chat:
+            parts = [self.system_prompt] if self.system_prompt else []
+            parts += [f"{user}\n{assistant}" for user, assistant in self.few_shot]
+            return "\n\n".join([*parts, question])
+        messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
+        for user, assistant in self.few_shot:
+            messages += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+        messages.append({"role": "user", "content": question})
+        return messages
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def fill_template(template: str, row: dict[str, Any]) -> str:
+    """Replace `{column}` with the row's value. Other braces stay as they are, so LaTeX such as
+    `\\boxed{}` or `\\text{cm}` needs no escaping."""
+    return _PLACEHOLDER.sub(lambda m: str(row[m[1]]) if m[1] in row else m[0], template)
+
+
+_LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".txt": "text"}
+
+
+class DatasetTask(Task):
+    """A task declared in config from a `datasets` source: a hub id, a local directory or data files.
+
+    `columns` maps the task's column names to the source's (`{"question": "problem"}`); the train and
+    eval splits are named splits of the source, or a seeded held-out fraction of the train split.
+    """
+
+    def __init__(self, name: str, dataset: str, *, dataset_config: str | None = None,
+                 data_files: str | list[str] | dict[str, Any] | None = None, train_split: str = "train",
+                 eval_split: str | None = None, eval_fraction: float = 0.1, columns: dict[str, str] | None = None,
+                 template: str | None = None, system_prompt: str | None = None,
+                 few_shot: list[tuple[str, str]] | None = None, chat: bool = True,
+                 rewards: dict[str, float] | None = None, seed: int = 0, description: str = ""):
+        self.name = name
+        self.description = description or f"dataset task from {dataset}"
+        self.dataset, self.dataset_config, self.data_files = dataset, dataset_config, data_files
+        self.train_split, self.eval_split, self.eval_fraction = train_split, eval_split, eval_fraction
+        self.columns = columns or {}
+        self.template = template or "{question}"
+        self.system_prompt = system_prompt
+        self.few_shot = [tuple(pair) for pair in few_shot or []]
+        self.chat = chat
+        self.default_rewards = rewards or {}
+        self.seed = seed
+        self.plugin = "config"
+        self._cache: dict[str, list[dict[str, Any]]] = {}
+
+    def _load_split(self, split_name: str) -> list[dict[str, Any]]:
+        import datasets  # heavy: imported only when a dataset task is used
+
+        path, data_files = self.dataset, self.data_files
+        suffix = Path(path).suffix.lower()
+        if suffix in _LOCAL_BUILDERS and Path(path).is_file():  # a single local file
+            path, data_files = _LOCAL_BUILDERS[suffix], data_files or {"train": self.dataset}
+        try:
+            data = datasets.load_dataset(path, self.dataset_config, data_files=data_files, split=split_name)
+        except Exception as exc:
+            raise ConfigError(f"task '{self.name}': could not load split '{split_name}' of dataset "
+                              f"'{self.dataset}': {type(exc).__name__}: {exc}") from exc
+        missing = sorted(source for source in self.columns.values() if source not in data.column_names)
+        if missing:
+            raise ConfigError(f"task '{self.name}': dataset '{self.dataset}' has no column "
+                              f"{', '.join(map(repr, missing))}; its columns are {data.column_names}")
+        renamed = {source: target for target, source in self.columns.items()}
+        return [{renamed.get(k, k): v for k, v in row.items()} for row in data]
+
+    def load(self, split: str) -> list[dict[str, Any]]:
+        if split not in self._cache:
+            if split == "eval" and self.eval_split:
+                self._cache[split] = self._load_split(self.eval_split)
+            else:
+                rows = self._load_split(self.train_split)
+                if self.eval_split:
+                    self._cache[split] = rows
+                else:  # carve a seeded held-out part of the train split
+                    order = list(range(len(rows)))
+                    random.Random(self.seed).shuffle(order)
+                    n_eval = max(1, round(len(rows) * self.eval_fraction)) if len(rows) > 1 else 0
+                    chosen = sorted(order[:n_eval]) if split == "eval" else sorted(order[n_eval:])
+                    self._cache[split] = [rows[i] for i in chosen]
+        return self._cache[split]
+
+
+def task_from_config(config, registry) -> Task:
+    """The task a `TaskConfig` names: a registered one (with options and overrides) or a dataset task."""
+    if config.dataset:
+        return DatasetTask(
+            config.name, config.dataset, dataset_config=config.dataset_config, data_files=config.data_files,
+            train_split=config.train_split, eval_split=config.eval_split, eval_fraction=config.eval_fraction,
+            columns=config.columns, template=config.template, system_prompt=config.system_prompt,
+            few_shot=config.few_shot, chat=config.chat if config.chat is not None else True,
+            rewards=config.rewards,
+        )
+    task = registry.task(config.name).configured(**config.options)
+    for attribute in ("template", "system_prompt", "few_shot", "chat"):
+        value = getattr(config, attribute)
+        if value is not None:
+            setattr(task, attribute, value)
+    if config.rewards:
+        task.default_rewards = dict(config.rewards)
+    return task

@@ -1,0 +1,1 @@
+"""Format and text rewards for rlvf."""

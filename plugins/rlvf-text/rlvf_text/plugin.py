@@ -1,0 +1,13 @@
+from rlvf import hookimpl
+
+from rlvf_text.rewards import OverlongPenalty, RepetitionPenalty, boxed, qa_exact, qa_f1, think_format
+
+
+@hookimpl
+def register_rewards(register):
+    register(boxed)
+    register(think_format)
+    register(OverlongPenalty, name="overlong")
+    register(RepetitionPenalty, name="repetition")
+    register(qa_f1, name="qa")
+    register(qa_exact)

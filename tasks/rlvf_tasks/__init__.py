@@ -1,0 +1,1 @@
+"""Built-in rlvf tasks, registered through the `rlvf` entry points like any third-party task."""

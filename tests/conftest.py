@@ -1,0 +1,48 @@
+"""Shared helpers: run the real `rlvf` CLI, and put real (file-based) distributions on sys.path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_rlvf(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, check: bool = True):
+    """Run the installed `rlvf` command in a subprocess, as a user would."""
+    result = subprocess.run([str(BIN / "rlvf"), *args], capture_output=True, text=True, timeout=240,
+                            env={**os.environ, **(env or {})}, cwd=cwd)
+    if check and result.returncode != 0:
+        raise AssertionError(f"rlvf {' '.join(args)} failed ({result.returncode}):\n{result.stderr}")
+    return result
+
+
+def write_distribution(site: Path, dist_name: str, module_name: str, module_source: str,
+                       entry_points: dict[str, str] | None = None, version: str = "0.1.0") -> None:
+    """Write an installed distribution into `site` the way pip lays one out: the module plus a
+    .dist-info folder with METADATA and entry_points.txt. Put `site` on PYTHONPATH to 'install' it."""
+    (site / f"{module_name}.py").write_text(textwrap.dedent(module_source))
+    info = site / f"{dist_name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist_name}\nVersion: {version}\n")
+    lines = "\n".join(f"{name} = {target}" for name, target in (entry_points or {}).items())
+    (info / "entry_points.txt").write_text(f"[rlvf]\n{lines}\n")
+
+
+@pytest.fixture
+def site(tmp_path):
+    """A directory for extra distributions and the env that puts it on the path of an `rlvf` subprocess."""
+    directory = tmp_path / "site"
+    directory.mkdir()
+    return directory, {"PYTHONPATH": str(directory)}
+
+
+def plugins_json(env=None) -> list[dict]:
+    return json.loads(run_rlvf("plugins", "--json", env=env).stdout)
