@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+# Tests run offline: nothing may be fetched from a model or dataset hub (subprocesses inherit this).
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 

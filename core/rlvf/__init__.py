@@ -7,4 +7,4 @@ Plugins import only `hookimpl` from here; everything else lives in submodules so
 from rlvf.hookspecs import hookimpl
 
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]
+__all__ = ["__version__", "hookimpl"]

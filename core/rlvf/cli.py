@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -73,14 +74,20 @@ def _parse_reward_flag(text: str) -> tuple[str, float]:
         raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number") from None
 
 
+def open_text(path: Path, mode: str = "r"):
+    """A file, or stdin/stdout for '-'."""
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdin if mode == "r" else sys.stdout)
+    try:
+        return open(path, mode, encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"input file {path} does not exist") from None
+
+
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for each non-blank line; a malformed row is an error naming its line."""
     rows = []
-    try:
-        handle = sys.stdin if str(path) == "-" else open(path, encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"input file {path} does not exist") from None
-    with handle:
+    with open_text(path) as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -115,8 +122,7 @@ def cmd_score(args) -> None:
 
     totals: dict[str, list[float | None]] = {name: [] for name in [*mix.names, "reward"]}
     failures = dict.fromkeys(mix.names, 0)
-    output = sys.stdout if str(args.output) == "-" else open(args.output, "w", encoding="utf-8")
-    with output:
+    with open_text(args.output, "w") as output:
         for start in range(0, len(rows), args.batch_size):
             batch = rows[start: start + args.batch_size]
             data = [row for _, row in batch]

@@ -7,10 +7,10 @@ Unknown or ill-typed keys are rejected with the key's dotted path.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
+import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from rlvf.errors import ConfigError
@@ -111,9 +111,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    config = _validate(schema, data, source)
     if overrides:
-        apply_overrides(data, overrides)
-        source += " + command-line overrides"
+        # Overrides apply to the validated file, so `reward.mix.math.weight=2` works on `math = 1.0` too.
+        data = apply_overrides(config.model_dump(), overrides)
+        config = _validate(schema, data, source + " + command-line overrides")
+    return config
+
+
+def _validate(schema: type[BaseModel], data: dict[str, Any], source: str) -> BaseModel:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:

@@ -109,7 +109,8 @@ class Registry:
                 except PluginError:
                     raise
                 except Exception as exc:
-                    raise PluginError(f"{info.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}") from exc
+                    raise PluginError(
+                        f"{info.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}") from exc
 
 
 def _new_manager() -> pluggy.PluginManager:

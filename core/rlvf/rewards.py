@@ -192,24 +192,25 @@ def _standardise(values: list[float | None], group_ids, eps: float) -> list[floa
 def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[str, int]):
     """Call one reward on the batch: its values, or an awaitable of them for `_gather` to resolve.
 
-    On failure the batch is re-run sample by sample, so the error names the sample at fault and the
-    `zero` policy scores only the failing samples 0.
+    If the call raises, the batch is re-run sample by sample, so the error names the sample at fault and
+    the `zero` policy scores only the failing samples 0.
     """
     n = len(completions)
     try:
         # Keyword arguments, as TRL calls them: `def f(completions, **kwargs)` works unchanged.
         result = entry.function(prompts=list(prompts), completions=list(completions),
                                 **{k: list(v) for k, v in columns.items()})
-        if not inspect.isawaitable(result):
-            return _validate(entry, result, n)
     except Exception:
         return _per_sample(entry, prompts, completions, columns, failures)
+    if not inspect.isawaitable(result):
+        return _check_values(entry, result, n, failures)
 
     async def finish():
         try:
-            return _validate(entry, await result, n)
+            values = await result
         except Exception:
             return await _per_sample(entry, prompts, completions, columns, failures)
+        return _check_values(entry, values, n, failures)
     return finish()
 
 
@@ -221,17 +222,24 @@ async def _per_sample(entry, prompts, completions, columns, failures):
                                  **{k: [v[i]] for k, v in columns.items()})
             if inspect.isawaitable(one):
                 one = await one
-            values.append(_validate(entry, one, 1)[0])
         except Exception as exc:
-            if entry.on_error == "raise":
-                detail = str(exc) if isinstance(exc, RewardError) else f"{type(exc).__name__}: {exc}"
-                raise RewardError(f"reward '{entry.name}' failed on sample {i}: {detail}", sample=i) from exc
-            failures[entry.name] = failures.get(entry.name, 0) + 1
-            values.append(0.0)
+            values.append(_sample_failed(entry, i, f"{type(exc).__name__}: {exc}", failures, exc))
+            continue
+        values.extend(_check_values(entry, one, 1, failures, offset=i))
     return values
 
 
-def _validate(entry: MixEntry, values, n: int) -> list[float | None]:
+def _sample_failed(entry: MixEntry, index: int, detail: str, failures: dict[str, int], cause=None) -> float:
+    """Apply the entry's failure policy to one sample: raise, or score it 0 and count it."""
+    if entry.on_error == "raise":
+        raise RewardError(f"reward '{entry.name}' failed on sample {index}: {detail}", sample=index) from cause
+    failures[entry.name] = failures.get(entry.name, 0) + 1
+    return 0.0
+
+
+def _check_values(entry: MixEntry, values, n: int, failures: dict[str, int], offset: int = 0) -> list[float | None]:
+    """Validate a reward's output. A wrong shape is a bug in the reward and always an error; a bad value
+    (NaN, a string) fails that sample under the entry's policy."""
     if not isinstance(values, (list, tuple)):
         raise RewardError(f"reward '{entry.name}' returned {type(values).__name__}; expected a list of {n} floats")
     if len(values) != n:
@@ -241,15 +249,13 @@ def _validate(entry: MixEntry, values, n: int) -> list[float | None]:
         if v is None:
             out.append(None)
             continue
-        try:
-            if isinstance(v, (str, bytes)):
-                raise TypeError
-            f = float(v)  # also takes numpy and torch scalars
-        except (TypeError, ValueError):
-            raise RewardError(f"reward '{entry.name}' returned {v!r}; expected a float or None") from None
-        if not math.isfinite(f):
-            raise RewardError(f"reward '{entry.name}' returned {f}; use None for 'not applicable'")
-        out.append(f)
+        f = float(v) if hasattr(v, "__float__") else None  # numbers, numpy and torch scalars; not strings
+        if f is None:
+            out.append(_sample_failed(entry, offset + i, f"returned {v!r}; expected a float or None", failures))
+        elif not math.isfinite(f):
+            out.append(_sample_failed(entry, offset + i, f"returned {f}; use None for 'not applicable'", failures))
+        else:
+            out.append(f)
     return out
 
 
@@ -270,7 +276,7 @@ def _gather(calls: dict[str, Callable[[], Any]]) -> dict[str, list[float | None]
                 done = pool.submit(asyncio.run, run_all()).result()
         else:
             done = asyncio.run(run_all())
-        results.update(zip(pending, done))
+        results.update(zip(pending, done, strict=True))
     return results
 
 

@@ -23,12 +23,24 @@ class ReasoningGymTask(Task):
         return [{"question": item["question"], "answer": str(item["answer"])} for item in dataset]
 
     def load(self, split: str) -> list[dict[str, Any]]:
-        seed = self.options["seed"]
-        eval_rows = self._generate(self.options["eval_size"], seed + 1)
+        # Generate twice what is needed: duplicates, and train rows that repeat an eval question, are dropped.
+        seed, eval_size = self.options["seed"], self.options["eval_size"]
+        eval_rows = _unique(self._generate(2 * eval_size, seed + 1), set())[:eval_size]
         if split == "eval":
             return eval_rows
         held_out = {row["question"] for row in eval_rows}
-        return [row for row in self._generate(self.options["train_size"], seed) if row["question"] not in held_out]
+        train_size = self.options["train_size"]
+        return _unique(self._generate(2 * train_size, seed), held_out)[:train_size]
+
+
+def _unique(rows: list[dict[str, Any]], exclude: set[str]) -> list[dict[str, Any]]:
+    seen = set(exclude)
+    out = []
+    for row in rows:
+        if row["question"] not in seen:
+            seen.add(row["question"])
+            out.append(row)
+    return out
 
 
 class ArithmeticTask(ReasoningGymTask):

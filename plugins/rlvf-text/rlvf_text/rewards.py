@@ -101,7 +101,7 @@ def _best_against_answers(metric, completions, answer) -> list[float]:
     if answer is None:
         raise KeyError("the QA rewards need an 'answer' column (a string or a list of accepted strings)")
     scores = []
-    for completion, gold in zip(completions, answer):
+    for completion, gold in zip(completions, answer, strict=True):
         golds = [gold] if isinstance(gold, str) else list(gold)
         prediction = extract_answer(completion_text(completion))
         scores.append(max(metric(prediction, g) for g in golds) if golds else 0.0)
