@@ -30,7 +30,7 @@ system-packages:
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
 
 demo: setup
-	$(BIN)/python examples/demo.py
+	$(BIN)/rlvf eval examples/demo.toml --output demo-out/completions.jsonl
 
 test: setup
 	$(BIN)/pytest -q

@@ -78,6 +78,8 @@ def open_text(path: Path, mode: str = "r"):
     """A file, or stdin/stdout for '-'."""
     if str(path) == "-":
         return contextlib.nullcontext(sys.stdin if mode == "r" else sys.stdout)
+    if mode != "r":
+        path.parent.mkdir(parents=True, exist_ok=True)
     try:
         return open(path, mode, encoding="utf-8")
     except FileNotFoundError:
@@ -158,6 +160,28 @@ def cmd_score(args) -> None:
     print(f"{len(rows)} rows scored -> {args.output}", file=sys.stderr)
 
 
+def cmd_eval(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.evaluate import evaluate
+    from rlvf.modeling import load_policy
+    from rlvf.rewards import mix_from_config
+    from rlvf.tasks import task_from_config
+
+    config = load_config(args.config, args.overrides)
+    registry = _registry()
+    task = task_from_config(config.task, registry)
+    mix = mix_from_config(config.reward, registry, task.default_rewards)
+    policy = load_policy(config.model, path=args.model)
+    report = evaluate(policy.model, policy.tokenizer, task, mix, config.eval, seed=config.seed)
+    if args.output:
+        with open_text(args.output, "w") as output:
+            for row in report.rows:
+                output.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    print(format_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in report.summary().items()]))
+    print(f"{task.name} / {config.eval.split}: {report.prompts} prompts, {report.samples} samples, "
+          f"model {policy.path}")
+
+
 def cmd_new_plugin(args) -> None:
     from rlvf.scaffold import write_plugin
 
@@ -200,6 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "plus the columns the rewards read); '-' for stdin")
     sub.add_argument("--output", default="-", type=Path, help="JSONL output (default: stdout)")
     sub.add_argument("--batch-size", type=int, default=64)
+
+    sub = add("eval", cmd_eval, "pass@1 / pass@k of a model on a task's split, scored with the reward mix")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [task], [reward], [eval])")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.n=8 eval.k=[1,8]")
+    sub.add_argument("--model", help="a model directory or checkpoint instead of [model].name")
+    sub.add_argument("--output", type=Path, help="write the scored completions here (JSONL)")
 
     sub = add("new-plugin", cmd_new_plugin, "write a ready-to-install reward plugin package")
     sub.add_argument("name", help="short name, e.g. 'toxicity' -> package rlvf-toxicity")

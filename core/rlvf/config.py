@@ -65,11 +65,34 @@ class TaskConfig(Section):
     rewards: dict[str, float] = {}  # default reward mix of a dataset task
 
 
+class SamplingConfig(Section):
+    sampler: Literal["hf"] = "hf"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    stop: list[str] = []
+    batch_size: int = 64  # sequences decoded together
+
+
+class EvalConfig(Section):
+    split: Literal["train", "eval"] = "eval"
+    limit: int | None = None  # prompts; none: the whole split
+    n: int = 1  # samples per prompt (pass@k needs n >= k)
+    k: list[int] = [1]
+    temperature: float = 0.0  # greedy unless n > 1 asks for samples
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 64
+    accuracy_reward: str | None = None  # the reward whose 1.0 means "correct"; default: the mix's first
+
+
 class Config(Section):
     seed: int = 0
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     reward: RewardConfig = RewardConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    eval: EvalConfig = EvalConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

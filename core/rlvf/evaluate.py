@@ -1,0 +1,72 @@
+"""`rlvf eval`: pass@1 and pass@k of a model on a task's split, scored with the reward mix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from rlvf.config import EvalConfig
+from rlvf.errors import ConfigError
+from rlvf.modeling import encode_prompts
+from rlvf.rewards import RewardMix
+from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.tasks import Task
+
+CORRECT = 1.0 - 1e-6  # an accuracy reward counts a sample correct at 1.0 (all tests passed, answer equal)
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 - C(n-c, k) / C(n, k)."""
+    if n < k:
+        raise ConfigError(f"pass@{k} needs at least {k} samples per prompt, got n={n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+@dataclass
+class EvalReport:
+    accuracy: float  # mean pass@1
+    pass_at: dict[int, float]
+    reward_means: dict[str, float]
+    prompts: int
+    samples: int
+    rows: list[dict[str, Any]] = field(repr=False, default_factory=list)  # scored completions
+
+    def summary(self) -> dict[str, float]:
+        out = {"accuracy": self.accuracy, **{f"pass@{k}": v for k, v in self.pass_at.items()}}
+        return out | {f"reward/{name}": v for name, v in self.reward_means.items()}
+
+
+def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, seed: int = 0) -> EvalReport:
+    accuracy_reward = config.accuracy_reward or mix.names[0]
+    if accuracy_reward not in mix.names:
+        raise ConfigError(f"eval.accuracy_reward '{accuracy_reward}' is not in the reward mix ({', '.join(mix.names)})")
+    rows = task.rows(config.split, limit=config.limit)
+    if not rows:
+        raise ConfigError(f"task '{task.name}' has no rows in split '{config.split}'")
+    if config.n > 1 and config.temperature <= 0:
+        raise ConfigError(f"eval.n = {config.n} samples per prompt need eval.temperature > 0 (greedy repeats itself)")
+    params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
+                            max_new_tokens=config.max_new_tokens, n=config.n)
+    sampler = HFSampler(model, tokenizer, batch_size=config.batch_size)
+    samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
+    expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
+    keys = {key for row in rows for key in row} - {"prompt"}
+    columns = {key: [row.get(key) for row in expanded] for key in sorted(keys)}
+    result = mix.score([r["prompt"] for r in expanded], samples.texts,
+                       completion_ids=samples.completion_ids, **columns)
+    correct = [(v or 0.0) >= CORRECT for v in result.per_reward[accuracy_reward]]
+    per_prompt = [sum(correct[i * config.n:(i + 1) * config.n]) for i in range(len(rows))]
+    pass_at = {k: sum(pass_at_k(config.n, c, k) for c in per_prompt) / len(rows) for k in config.k}
+    reward_means = {}
+    for name, values in [*result.per_reward.items(), ("mix", result.total)]:
+        scored = [v for v in values if v is not None]
+        if scored:
+            reward_means[name] = sum(scored) / len(scored)
+    scored_rows = [{**row, "completion": text, **{name: values[i] for name, values in result.per_reward.items()},
+                    "reward": result.total[i], "correct": correct[i]}
+                   for i, (row, text) in enumerate(zip(expanded, samples.texts, strict=True))]
+    return EvalReport(accuracy=sum(correct) / len(correct), pass_at=pass_at, reward_means=reward_means,
+                      prompts=len(rows), samples=len(correct), rows=scored_rows)

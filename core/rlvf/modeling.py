@@ -1,0 +1,58 @@
+"""Loading a causal LM and its tokenizer on the right device: CUDA with bf16 where present, else CPU fp32."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlvf.config import ModelConfig
+from rlvf.models import resolve_model
+
+
+@dataclass
+class Policy:
+    model: Any  # a transformers PreTrainedModel
+    tokenizer: Any
+    device: Any  # torch.device
+    path: str  # where it was loaded from
+
+
+def pick_device_and_dtype(dtype: str = "auto"):
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        default = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:  # bf16 is slow on CPUs without AVX-512 bf16: float32
+        device, default = torch.device("cpu"), torch.float32
+    return device, default if dtype == "auto" else getattr(torch, dtype)
+
+
+def load_tokenizer(path: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path, padding_side="left")  # left: generation appends on the right
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_policy(config: ModelConfig, path: str | None = None) -> Policy:
+    """Load `config.name` (or an explicit `path`, e.g. a checkpoint) for training or sampling."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_model(config.name)
+    device, dtype = pick_device_and_dtype(config.dtype)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    return Policy(model=model, tokenizer=load_tokenizer(path), device=device, path=path)
+
+
+def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
+    """Token ids of prompts: chat prompts (lists of messages) through the model's chat template with the
+    assistant turn opened; text prompts as they are."""
+    texts = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) if isinstance(p, list)
+             else p for p in prompts]
+    chat = [isinstance(p, list) for p in prompts]
+    # A chat template already writes its special tokens; plain text gets the tokenizer's own.
+    return [tokenizer(text, add_special_tokens=not is_chat)["input_ids"] for text, is_chat in zip(texts, chat,
+                                                                                                 strict=True)]
