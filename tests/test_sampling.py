@@ -1,0 +1,72 @@
+"""The HF sampler's own decode loop against transformers' generate and a full forward pass."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rlvf.config import ModelConfig
+from rlvf.evaluate import pass_at_k
+from rlvf.modeling import encode_prompts, load_policy
+from rlvf.sampling import HFSampler, SamplingParams
+
+PROMPTS = [[{"role": "user", "content": "Calculate 2 + 3."}], "plain text prompt", [{"role": "user", "content": "Hi"}]]
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_model_dir):
+    return load_policy(ModelConfig(name=str(tiny_model_dir)))
+
+
+def test_greedy_matches_transformers_generate(policy):
+    ids = encode_prompts(policy.tokenizer, PROMPTS)
+    samples = HFSampler(policy.model, policy.tokenizer).sample(ids, SamplingParams(temperature=0, max_new_tokens=12))
+    for prompt_ids, completion in zip(ids, samples.completion_ids, strict=True):
+        reference = policy.model.generate(torch.tensor([prompt_ids]), max_new_tokens=12, do_sample=False,
+                                          pad_token_id=policy.tokenizer.pad_token_id)
+        assert completion == reference[0, len(prompt_ids):].tolist()[: len(completion)]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.0])
+def test_logprobs_equal_a_full_forward_pass_at_the_sampling_temperature(policy, temperature):
+    ids = encode_prompts(policy.tokenizer, PROMPTS)
+    params = SamplingParams(temperature=temperature, max_new_tokens=10, n=2)
+    samples = HFSampler(policy.model, policy.tokenizer, batch_size=4).sample(ids, params, seed=0)
+    assert len(samples.completion_ids) == 6
+    for i, completion in enumerate(samples.completion_ids):
+        prompt = ids[samples.prompt_index(i)]
+        with torch.no_grad():
+            logits = policy.model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1: -1]
+        scale = temperature if temperature > 0 else 1.0
+        expected = torch.log_softmax(logits / scale, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
+        assert torch.allclose(torch.tensor(samples.logprobs[i]), expected, atol=1e-4)
+
+
+def test_seeded_sampling_is_reproducible_and_truncation_is_flagged(policy):
+    ids = encode_prompts(policy.tokenizer, PROMPTS)
+    sampler = HFSampler(policy.model, policy.tokenizer)
+    params = SamplingParams(temperature=1.0, top_p=0.9, max_new_tokens=8, n=3)
+    first, second = sampler.sample(ids, params, seed=5), sampler.sample(ids, params, seed=5)
+    assert first.completion_ids == second.completion_ids and first.texts == second.texts
+    assert sampler.sample(ids, params, seed=6).completion_ids != first.completion_ids
+    eos = policy.tokenizer.eos_token_id
+    for completion, truncated in zip(first.completion_ids, first.truncated, strict=True):
+        assert truncated == (len(completion) == 8 and completion[-1] != eos)
+
+
+def test_stop_strings_cut_text_and_tokens(policy):
+    ids = encode_prompts(policy.tokenizer, PROMPTS[:1])
+    sampler = HFSampler(policy.model, policy.tokenizer)
+    full = sampler.sample(ids, SamplingParams(temperature=0, max_new_tokens=16))
+    text = full.texts[0]
+    stop = text[3:5]  # a stop string that occurs in the greedy completion
+    cut = sampler.sample(ids, SamplingParams(temperature=0, max_new_tokens=16, stop=[stop]))
+    assert cut.texts[0] == text[: text.find(stop) + len(stop)]
+    assert len(cut.completion_ids[0]) == len(cut.logprobs[0]) <= len(full.completion_ids[0])
+    assert cut.truncated == [False]
+
+
+def test_pass_at_k_against_hand_values():
+    assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0
