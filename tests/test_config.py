@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rlvf.config import Config, load_config, parse_override
 from rlvf.errors import ConfigError
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+
 from rlvf.models import EMBEDDED_MODELS, _gguf_path, resolve_model
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+
 from conftest import BIN, plugins_json, run_rlvf, write_distribution
 
 REWARD_PLUGIN = """

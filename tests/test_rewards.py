@@ -6,6 +6,7 @@ import asyncio
 import math
 
 import pytest
+
 from rlvf.config import RewardConfig
 from rlvf.errors import RewardError
 from rlvf.plugins import get_registry

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from rlvf.config import TaskConfig
 from rlvf.errors import ConfigError
 from rlvf.plugins import get_registry

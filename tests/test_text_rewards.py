@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from rlvf.plugins import get_registry
 
 

@@ -1,5 +1,4 @@
 from rlvf import hookimpl
-
 from rlvf_tasks.math_tasks import ArithmeticTask
 
 

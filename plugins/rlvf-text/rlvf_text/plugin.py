@@ -1,5 +1,4 @@
 from rlvf import hookimpl
-
 from rlvf_text.rewards import OverlongPenalty, RepetitionPenalty, boxed, qa_exact, qa_f1, think_format
 
 
