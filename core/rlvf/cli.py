@@ -182,6 +182,27 @@ def cmd_eval(args) -> None:
           f"model {policy.path}")
 
 
+def cmd_train(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.trainer import Trainer
+
+    config = load_config(args.config, args.overrides)
+    trainer = Trainer(config, _registry(), resume=args.resume)
+    results = trainer.run()
+    before, after = results.get("before"), results["after"]
+    rows = [[key, f"{before[key]:.4f}" if before and key in before else "-", f"{value:.4f}"]
+            for key, value in after.items()]
+    print(format_table(["held-out metric", "before", "after"], rows))
+    print(f"final model: {results['final_model']}\nmetrics: {trainer.output_dir / 'metrics.jsonl'}")
+
+
+def cmd_plot(args) -> None:
+    from rlvf.plot import plot_run
+
+    for path in plot_run(Path(args.run_dir)):
+        print(path)
+
+
 def cmd_new_plugin(args) -> None:
     from rlvf.scaffold import write_plugin
 
@@ -230,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. eval.n=8 eval.k=[1,8]")
     sub.add_argument("--model", help="a model directory or checkpoint instead of [model].name")
     sub.add_argument("--output", type=Path, help="write the scored completions here (JSONL)")
+
+    sub = add("train", cmd_train, "train a policy with RL (GRPO and friends) on a task and a reward mix")
+    sub.add_argument("config", nargs="?", help="TOML config")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-6 train.steps=50")
+    sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+
+    sub = add("plot", cmd_plot, "write PNG curves (reward, accuracy, KL, length) of a training run")
+    sub.add_argument("run_dir")
 
     sub = add("new-plugin", cmd_new_plugin, "write a ready-to-install reward plugin package")
     sub.add_argument("name", help="short name, e.g. 'toxicity' -> package rlvf-toxicity")

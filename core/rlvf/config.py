@@ -86,6 +86,44 @@ class EvalConfig(Section):
     accuracy_reward: str | None = None  # the reward whose 1.0 means "correct"; default: the mix's first
 
 
+class AlgorithmConfig(Section):
+    """Names of registry entries (rlvf.algorithms) and their options: the trainer knows no algorithm."""
+
+    advantage: str = "grpo"
+    advantage_options: dict[str, Any] = {}  # grpo: scale_std (false = Dr.GRPO), normalize = "group"|"batch"
+    policy_loss: str = "clipped"
+    policy_loss_options: dict[str, Any] = {}  # clipped: eps_low, eps_high (eps_high > eps_low: DAPO)
+    loss_aggregation: str = "seq_mean"  # GRPO; "token_mean": DAPO; "constant_norm": Dr.GRPO
+    kl_estimator: str = "k3"
+    beta: float = 0.04  # KL coefficient; 0 loads no reference model
+    kl_in: Literal["loss", "reward"] = "loss"  # add beta * KL to the loss, or subtract it from the reward
+
+
+class TrainConfig(Section):
+    steps: int = 20
+    prompts_per_step: int = 8
+    group_size: int = 8  # G completions per prompt
+    epochs: int = 1  # mu: optimisation passes over each batch of rollouts
+    mini_batch_size: int | None = None  # sequences per optimiser step; none: all of the step's
+    micro_batch_size: int = 8  # sequences per forward/backward (gradient accumulation up to a mini-batch)
+    lr: float = 1e-6
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_steps: int = 0  # optimiser steps
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    max_grad_norm: float = 1.0
+    mask_truncated: bool = False  # leave completions that hit max_new_tokens out of the loss
+    dynamic_sampling: bool = False  # drop groups whose rewards are all equal (they carry no signal)
+    gradient_checkpointing: bool = False
+    output_dir: str = "runs/{task}"
+    save_every: int = 10  # steps between checkpoints (0: only the final model)
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # steps between held-out evaluations (0: only before and after training)
+    eval_before: bool = True
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
+    progress: bool = True
+
+
 class Config(Section):
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -93,6 +131,8 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     sampling: SamplingConfig = SamplingConfig()
     eval: EvalConfig = EvalConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    train: TrainConfig = TrainConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rlvf.config import ModelConfig
+from rlvf.errors import ConfigError
 from rlvf.models import resolve_model
 
 
@@ -40,11 +41,17 @@ def load_tokenizer(path: str):
 def load_policy(config: ModelConfig, path: str | None = None) -> Policy:
     """Load `config.name` (or an explicit `path`, e.g. a checkpoint) for training or sampling."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # per-shard bars would bury the training progress bar
     path = path or resolve_model(config.name)
     device, dtype = pick_device_and_dtype(config.dtype)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    return Policy(model=model, tokenizer=load_tokenizer(path), device=device, path=path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        tokenizer = load_tokenizer(path)
+    except OSError as exc:
+        raise ConfigError(f"could not load model '{path}' (model.name): {exc}") from None
+    return Policy(model=model, tokenizer=tokenizer, device=device, path=path)
 
 
 def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:

@@ -1,0 +1,411 @@
+"""The RL loop: sample groups, score them, estimate advantages, update the policy, repeat.
+
+Every algorithmic choice (advantage estimator, policy loss, loss aggregation, KL estimator) is a registry
+entry named in the config, so the loop below never changes when one is added. One step:
+
+    prompts -> G completions each (token ids + sampling log-probs) -> reward mix -> advantages
+            -> `epochs` passes of mini-batch updates (micro-batches accumulate gradients) -> metrics
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlvf import algorithms
+from rlvf.config import Config
+from rlvf.errors import ConfigError
+from rlvf.evaluate import CORRECT, evaluate
+from rlvf.metrics import MetricsLogger
+from rlvf.modeling import encode_prompts, load_policy
+from rlvf.rewards import RewardMix, mix_from_config
+from rlvf.sampling import SamplingParams, make_sampler
+from rlvf.tasks import Task, task_from_config
+
+
+@dataclass
+class Rollout:
+    """One step's completions as right-padded tensors; row i answers prompt group_ids[i]."""
+
+    input_ids: torch.Tensor  # [B, L] prompt + completion, right-padded
+    attention_mask: torch.Tensor  # [B, L]
+    completion_start: torch.Tensor  # [B] index of the first completion token
+    completion_ids: torch.Tensor  # [B, T] right-padded
+    mask: torch.Tensor  # [B, T] 1 on completion tokens that enter the loss
+    old_logprobs: torch.Tensor  # [B, T] log-probs under the policy that sampled them
+    group_ids: torch.Tensor  # [B]
+    advantages: torch.Tensor | None = None  # [B, T]
+    ref_logprobs: torch.Tensor | None = None  # [B, T]
+
+    def select(self, rows: torch.Tensor | list[int]) -> Rollout:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        picked = {name: (value[rows] if isinstance(value, torch.Tensor) else value)
+                  for name, value in self.__dict__.items()}
+        # Trim padding the selected rows do not need.
+        width = int(picked["attention_mask"].sum(-1).max())
+        tokens = max(1, int((picked["completion_ids"] != -1).sum(-1).max()))
+        picked["input_ids"], picked["attention_mask"] = picked["input_ids"][:, :width], \
+            picked["attention_mask"][:, :width]
+        for name in ("completion_ids", "mask", "old_logprobs", "advantages", "ref_logprobs"):
+            if picked[name] is not None:
+                picked[name] = picked[name][:, :tokens]
+        return Rollout(**picked)
+
+
+def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
+    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T].
+
+    The LM head (49k x 576 for SmolLM2: a large share of the cost) runs only on the hidden states that
+    predict completion tokens, not on the prompt.
+    """
+    hidden = model.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).last_hidden_state
+    steps = torch.arange(rollout.completion_ids.shape[1], device=hidden.device)
+    # the hidden state at position p predicts token p + 1
+    positions = (rollout.completion_start[:, None] - 1 + steps[None, :]).clamp(max=hidden.shape[1] - 1)
+    predicting = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
+    logits = model.get_output_embeddings()(predicting).float() / max(temperature, 1e-6)
+    log_probs = torch.log_softmax(logits, dim=-1)
+    tokens = rollout.completion_ids.clamp(min=0)
+    token_logprobs = log_probs.gather(-1, tokens[:, :, None]).squeeze(-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return token_logprobs, entropy
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
+    return float((values * mask).sum() / mask.sum().clamp(min=1))
+
+
+class Trainer:
+    def __init__(self, config: Config, registry, resume: bool = False):
+        self.config = config
+        self.task: Task = task_from_config(config.task, registry)
+        self.mix: RewardMix = mix_from_config(config.reward, registry, self.task.default_rewards)
+        self.accuracy_reward = config.eval.accuracy_reward or self.mix.names[0]
+        self.output_dir = Path(config.train.output_dir.format(task=self.task.name))
+        self.train_rows = self.task.rows("train")
+        if not self.train_rows:
+            raise ConfigError(f"task '{self.task.name}' has no training rows")
+        self._check_algorithm()
+
+        torch.manual_seed(config.seed)
+        self.policy = load_policy(config.model)
+        self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
+        if config.train.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+        self.reference = None
+        if config.algorithm.beta > 0:
+            self.reference = load_policy(config.model).model.eval().requires_grad_(False)
+        self.sampler = make_sampler(config.sampling.sampler, self.model, self.tokenizer,
+                                    batch_size=config.sampling.batch_size)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
+                                           weight_decay=config.train.weight_decay, betas=config.train.adam_betas)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        if resume:
+            self._load_checkpoint()
+        elif self.output_dir.exists() and any(self.output_dir.iterdir()):
+            raise ConfigError(f"{self.output_dir} already holds a run: resume it with --resume, or set "
+                              "train.output_dir to a new directory")
+        self.logger = MetricsLogger(self.output_dir, config.train.report_to, resume_step=self.step,
+                                    config=config.model_dump())
+
+    # --- configuration checks and schedules ---
+
+    def _check_algorithm(self) -> None:
+        a = self.config.algorithm
+        for registry, name in ((algorithms.ADVANTAGE_ESTIMATORS, a.advantage), (algorithms.POLICY_LOSSES,
+                               a.policy_loss), (algorithms.LOSS_AGGREGATIONS, a.loss_aggregation),
+                               (algorithms.KL_ESTIMATORS, a.kl_estimator)):
+            registry.get_checked(name)
+        t = self.config.train
+        batch = t.prompts_per_step * t.group_size
+        if t.mini_batch_size is not None and (t.mini_batch_size <= 0 or batch % t.mini_batch_size):
+            raise ConfigError(f"train.mini_batch_size = {t.mini_batch_size} must divide the "
+                              f"{batch} sequences of a step (prompts_per_step x group_size)")
+        if t.group_size < 2 and a.advantage == "grpo":
+            raise ConfigError("train.group_size must be >= 2 for group-relative advantages")
+
+    def _optimizer_steps_per_step(self) -> int:
+        t = self.config.train
+        batch = t.prompts_per_step * t.group_size
+        return t.epochs * (batch // (t.mini_batch_size or batch))
+
+    def _lr_factor(self, optimizer_step: int) -> float:
+        t = self.config.train
+        total = max(t.steps * self._optimizer_steps_per_step(), 1)
+        if optimizer_step < t.warmup_steps:
+            return (optimizer_step + 1) / t.warmup_steps
+        progress = (optimizer_step - t.warmup_steps) / max(total - t.warmup_steps, 1)
+        if t.lr_schedule == "linear":
+            return max(0.0, 1 - progress)
+        if t.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0
+
+    # --- data ---
+
+    def prompts_for_step(self, step: int) -> list[dict[str, Any]]:
+        """The rows of a step: a seeded shuffle per pass over the data, so any step's prompts are known
+        from (seed, step) alone and a resumed run sees exactly what an uninterrupted one does."""
+        n, rows = self.config.train.prompts_per_step, self.train_rows
+        picked = []
+        for position in range(step * n, (step + 1) * n):
+            epoch, index = divmod(position, len(rows))
+            order = self._epoch_order(epoch)
+            picked.append(rows[order[index]])
+        return picked
+
+    def _epoch_order(self, epoch: int) -> list[int]:
+        cache = getattr(self, "_order_cache", None)
+        if cache is None or cache[0] != epoch:
+            order = list(range(len(self.train_rows)))
+            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
+
+    # --- one step ---
+
+    def rollout(self, rows: list[dict[str, Any]]) -> tuple[Rollout, Any, dict[str, float]]:
+        s, t = self.config.sampling, self.config.train
+        params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                                n=t.group_size, stop=s.stop)
+        prompt_ids = encode_prompts(self.tokenizer, [r["prompt"] for r in rows])
+        samples = self.sampler.sample(prompt_ids, params, seed=self.config.seed * 1_000_003 + self.step)
+        pad = self.tokenizer.pad_token_id
+        sequences = [prompt_ids[samples.prompt_index(i)] + ids for i, ids in enumerate(samples.completion_ids)]
+        width, tokens = max(map(len, sequences)), max(1, max(map(len, samples.completion_ids)))
+        input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in sequences])
+        attention = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences])
+        completion_ids = torch.tensor([ids + [-1] * (tokens - len(ids)) for ids in samples.completion_ids])
+        mask = (completion_ids != -1).float()
+        if t.mask_truncated:
+            mask = mask * (1 - torch.tensor(samples.truncated, dtype=torch.float))[:, None]
+        old = torch.tensor([lp + [0.0] * (tokens - len(lp)) for lp in samples.logprobs])
+        rollout = Rollout(
+            input_ids=input_ids.to(self.policy.device), attention_mask=attention.to(self.policy.device),
+            completion_start=torch.tensor([len(prompt_ids[samples.prompt_index(i)]) for i in range(len(sequences))],
+                                          device=self.policy.device),
+            completion_ids=completion_ids.to(self.policy.device), mask=mask.to(self.policy.device),
+            old_logprobs=old.to(self.policy.device),
+            group_ids=torch.tensor([samples.prompt_index(i) for i in range(len(sequences))]),
+        )
+        lengths = [len(ids) for ids in samples.completion_ids]
+        stats = {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
+                 "completion/truncated": sum(samples.truncated) / len(lengths), "tokens/generated": sum(lengths)}
+        return rollout, samples, stats
+
+    def score(self, rows, samples, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
+        expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
+        keys = sorted({key for row in rows for key in row} - {"prompt"})
+        result = self.mix.score([r["prompt"] for r in expanded], samples.texts,
+                                group_ids=rollout.group_ids.tolist(), completion_ids=samples.completion_ids,
+                                **{key: [row.get(key) for row in expanded] for key in keys})
+        scores = torch.tensor([0.0 if v is None else v for v in result.total])
+        metrics = result.metrics()
+        correct = [(v or 0.0) >= CORRECT for v in result.per_reward[self.accuracy_reward]]
+        metrics["accuracy"] = sum(correct) / len(correct)
+        return scores, metrics
+
+    def compute_advantages(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, float]:
+        a = self.config.algorithm
+        metrics: dict[str, float] = {}
+        token_kl = None
+        if self.reference is not None:
+            with torch.no_grad():
+                rollout.ref_logprobs = self._logprobs_in_chunks(self.reference, rollout)
+            token_kl = algorithms.KL_ESTIMATORS[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs)
+            if a.kl_in == "reward":
+                scores = scores - a.beta * (token_kl * rollout.mask).sum(-1).cpu()
+        inputs = algorithms.AdvantageInputs(scores=scores, group_ids=rollout.group_ids, mask=rollout.mask.cpu(),
+                                            token_kl=None if token_kl is None else token_kl.cpu())
+        estimator = algorithms.ADVANTAGE_ESTIMATORS[a.advantage]
+        rollout.advantages = algorithms.call_with_options(
+            estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'"
+        ).to(rollout.mask.device)
+        metrics["advantage/abs_mean"] = _masked_mean(rollout.advantages.abs(), rollout.mask)
+        return metrics
+
+    def _logprobs_in_chunks(self, model, rollout: Rollout) -> torch.Tensor:
+        size = self.config.train.micro_batch_size
+        parts = []
+        for start in range(0, rollout.input_ids.shape[0], size):
+            part = rollout.select(list(range(start, min(start + size, rollout.input_ids.shape[0]))))
+            logprobs, _ = completion_logprobs(model, part, self.config.sampling.temperature)
+            parts.append(torch.nn.functional.pad(logprobs, (0, rollout.mask.shape[1] - logprobs.shape[1])))
+        return torch.cat(parts)
+
+    def update(self, rollout: Rollout) -> dict[str, float]:
+        """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate."""
+        t, a = self.config.train, self.config.algorithm
+        batch = rollout.input_ids.shape[0]
+        mini = t.mini_batch_size or batch
+        policy_loss = algorithms.POLICY_LOSSES[a.policy_loss]
+        aggregate = algorithms.LOSS_AGGREGATIONS[a.loss_aggregation]
+        kl_estimator = algorithms.KL_ESTIMATORS[a.kl_estimator]
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+
+        def record(name, value):
+            sums[name] = sums.get(name, 0.0) + float(value)
+            counts[name] = counts.get(name, 0) + 1
+
+        generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
+        self.model.train()
+        for epoch in range(t.epochs):
+            order = torch.randperm(batch, generator=generator) if t.epochs > 1 or mini < batch else torch.arange(batch)
+            for start in range(0, batch, mini):
+                rows = order[start: start + mini]
+                part = rollout.select(rows)
+                totals = algorithms.BatchTotals(sequences=len(rows), tokens=int(part.mask.sum()),
+                                                max_tokens=self.config.sampling.max_new_tokens)
+                # Micro-batches of similar length waste less padding.
+                lengths = part.attention_mask.sum(-1)
+                by_length = torch.argsort(lengths, descending=True)
+                mini_batch_loss = 0.0
+                for micro_start in range(0, len(rows), t.micro_batch_size):
+                    micro = part.select(by_length[micro_start: micro_start + t.micro_batch_size])
+                    logprobs, entropy = completion_logprobs(self.model, micro, self.config.sampling.temperature,
+                                                            with_entropy=epoch == 0)
+                    token_loss, loss_metrics = algorithms.call_with_options(
+                        policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
+                        options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
+                    if self.reference is not None:
+                        kl = kl_estimator(logprobs, micro.ref_logprobs)
+                        if a.kl_in == "loss":
+                            token_loss = token_loss + a.beta * kl
+                        record("kl", _masked_mean(kl.detach(), micro.mask))
+                    loss = aggregate(token_loss, micro.mask, totals)
+                    loss.backward()
+                    mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
+                    for name, value in loss_metrics.items():
+                        record(name, value)
+                    if entropy is not None:
+                        record("entropy", _masked_mean(entropy, micro.mask))
+                    ratio = torch.exp(logprobs.detach() - micro.old_logprobs)
+                    record("ratio/mean", _masked_mean(ratio, micro.mask))
+                record("loss", mini_batch_loss)
+                record("grad_norm", torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+        metrics = {name: sums[name] / counts[name] for name in sums}
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        return metrics
+
+    def train_step(self) -> dict[str, float]:
+        timings: dict[str, float] = {}
+        begin = time.perf_counter()
+        rows = self.prompts_for_step(self.step)
+        rollout, samples, metrics = self.rollout(rows)
+        timings["time/sampling"] = time.perf_counter() - begin
+
+        mark = time.perf_counter()
+        scores, reward_metrics = self.score(rows, samples, rollout)
+        metrics |= reward_metrics
+        timings["time/scoring"] = time.perf_counter() - mark
+
+        mark = time.perf_counter()
+        metrics |= self.compute_advantages(rollout, scores)
+        keep = list(range(len(scores)))
+        if self.config.train.dynamic_sampling:
+            _, std = algorithms._group_stats(scores, rollout.group_ids)
+            keep = [i for i in keep if float(std[i]) > 0]
+            metrics["dynamic_sampling/kept"] = len(keep) / len(scores)
+        if keep:
+            metrics |= self.update(rollout if len(keep) == len(scores) else rollout.select(keep))
+        timings["time/training"] = time.perf_counter() - mark
+        timings["time/step"] = time.perf_counter() - begin
+        metrics["tokens_per_second"] = metrics["tokens/generated"] / timings["time/step"]
+        return metrics | timings
+
+    # --- the loop ---
+
+    def run(self) -> dict[str, Any]:
+        t = self.config.train
+        results: dict[str, Any] = {}
+        if t.eval_before and self.step == 0:
+            results["before"] = self.evaluate()
+            self.logger.log(0, {f"eval/{k}": v for k, v in results["before"].items()})
+        progress = _progress(t.steps, self.step, enabled=t.progress)
+        while self.step < t.steps:
+            metrics = self.train_step()
+            self.step += 1
+            self.logger.log(self.step, metrics)
+            progress.update(1)
+            progress.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", acc=f"{metrics['accuracy']:.2f}")
+            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
+                self.logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+            if t.save_every and self.step % t.save_every == 0 and self.step < t.steps:
+                self.save_checkpoint()
+        progress.close()
+        results["after"] = self.evaluate()
+        self.logger.log(self.step, {f"eval/{k}": v for k, v in results["after"].items()})
+        final = self.output_dir / "final"
+        self.model.save_pretrained(final)
+        self.tokenizer.save_pretrained(final)
+        self.logger.close()
+        results["final_model"] = str(final)
+        return results
+
+    def evaluate(self) -> dict[str, float]:
+        report = evaluate(self.model, self.tokenizer, self.task, self.mix, self.config.eval, seed=self.config.seed)
+        return report.summary()
+
+    # --- checkpoints ---
+
+    def save_checkpoint(self) -> Path:
+        checkpoints = self.output_dir / "checkpoints"
+        target = checkpoints / f"step-{self.step:06d}"
+        staging = checkpoints / f".writing-{self.step:06d}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        self.model.save_pretrained(staging)
+        self.tokenizer.save_pretrained(staging)
+        torch.save({
+            "step": self.step,
+            "data_position": self.step * self.config.train.prompts_per_step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+        }, staging / "trainer_state.pt")
+        staging.rename(target)  # a checkpoint exists whole or not at all, even if the run is killed here
+        for old in sorted(checkpoints.glob("step-*"))[: -self.config.train.keep_checkpoints]:
+            shutil.rmtree(old)
+        return target
+
+    def _load_checkpoint(self) -> None:
+        checkpoints = sorted((self.output_dir / "checkpoints").glob("step-*"))
+        if not checkpoints:
+            return  # nothing saved yet: start from the beginning
+        latest = checkpoints[-1]
+        from safetensors.torch import load_file
+
+        weights = {}
+        for shard in sorted(latest.glob("*.safetensors")):
+            weights |= load_file(shard)
+        missing, unexpected = self.model.load_state_dict(weights, strict=False)
+        if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
+            raise ConfigError(f"checkpoint {latest} does not fit the model: missing {missing}, unexpected {unexpected}")
+        state = torch.load(latest / "trainer_state.pt", weights_only=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        random.setstate(state["rng"]["python"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step = state["step"]
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", disable=not enabled, dynamic_ncols=True)
