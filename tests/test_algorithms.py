@@ -81,6 +81,6 @@ def test_registries_name_what_exists():
         algorithms.ADVANTAGE_ESTIMATORS.get_checked("ppo2")
     with pytest.raises(ValueError, match="already registered"):
         algorithms.KL_ESTIMATORS.register("k3")(lambda a, b: a)
-    with pytest.raises(ConfigError, match="advantage estimator 'grpo'.*unexpected keyword argument 'scale'"):
+    with pytest.raises(ConfigError, match=r"advantage estimator 'grpo'.*unexpected keyword argument 'scale'"):
         algorithms.call_with_options(algorithms.ADVANTAGE_ESTIMATORS["grpo"], inputs([1, 0], [0, 0]),
                                      options={"scale": True}, what="advantage estimator 'grpo'")
