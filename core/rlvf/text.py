@@ -6,15 +6,26 @@ from typing import Any
 
 
 def completion_text(completion: Any) -> str:
-    """The text of a completion: a string, or a TRL chat completion (a list of messages)."""
+    """The text of a completion: a string, or a TRL chat completion (a message or a list of messages, whose
+    assistant contents are joined; a content may be a list of multimodal parts)."""
     if isinstance(completion, str):
         return completion
-    if isinstance(completion, list):
-        return "".join(str(m.get("content", "")) for m in completion if isinstance(m, dict)
-                       and m.get("role", "assistant") == "assistant")
+    if completion is None:
+        return ""
     if isinstance(completion, dict):
-        return str(completion.get("content", ""))
-    raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
+        completion = [completion]
+    if isinstance(completion, (list, tuple)):
+        texts = []
+        for message in completion:
+            if not isinstance(message, dict):
+                texts.append(str(message))
+            elif message.get("role", "assistant") == "assistant":
+                content = message.get("content")
+                if isinstance(content, list):
+                    content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+                texts.append("" if content is None else str(content))
+        return "".join(texts)
+    raise TypeError(f"a completion must be a string or chat messages, got {type(completion).__name__}")
 
 
 def last_boxed(text: str, commands: tuple[str, ...] = ("\\boxed", "\\fbox")) -> str | None:
