@@ -139,13 +139,19 @@ class DatasetTask(Task):
                 rows = self._load_split(self.train_split)
                 if self.eval_split:
                     self._cache[split] = rows
-                else:  # carve a seeded held-out part of the train split
-                    order = list(range(len(rows)))
-                    random.Random(self.seed).shuffle(order)
-                    n_eval = max(1, round(len(rows) * self.eval_fraction)) if len(rows) > 1 else 0
-                    chosen = sorted(order[:n_eval]) if split == "eval" else sorted(order[n_eval:])
-                    self._cache[split] = [rows[i] for i in chosen]
+                else:
+                    self._cache[split] = split_held_out(rows, split, self.eval_fraction, self.seed)
         return self._cache[split]
+
+
+def split_held_out(rows: list[dict[str, Any]], split: str, eval_fraction: float, seed: int) -> list[dict[str, Any]]:
+    """A seeded, disjoint train/eval partition of `rows` (at least one eval row when there are two or more);
+    rows keep their order within each split."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * eval_fraction)) if len(rows) > 1 else 0
+    chosen = order[:n_eval] if split == "eval" else order[n_eval:]
+    return [rows[i] for i in sorted(chosen)]
 
 
 def task_from_config(config, registry) -> Task:

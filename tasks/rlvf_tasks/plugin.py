@@ -1,7 +1,10 @@
 from rlvf import hookimpl
-from rlvf_tasks.math_tasks import ArithmeticTask
+from rlvf_tasks.code_tasks import CodeDatasetTask, HumanEvalTask
+from rlvf_tasks.math_tasks import ArithmeticTask, ChampTask, GSM8KFormatTask, GSMSymbolicTask
 
 
 @hookimpl
 def register_tasks(register):
-    register(ArithmeticTask())
+    for task in (ArithmeticTask(), GSMSymbolicTask(), ChampTask(), GSM8KFormatTask(), HumanEvalTask(),
+                 CodeDatasetTask()):
+        register(task)
