@@ -61,7 +61,7 @@ def test_gsm8k_format_adapter_reads_a_local_file(tmp_path):
     source.write_text(json.dumps({"question": "q", "answer": "no marker"}) + "\n")
     with pytest.raises(ConfigError, match=r"row 0 of train .*no '#### answer' line"):
         task("gsm8k", dataset=str(source), eval_split=None).rows("train")
-    with pytest.raises(ConfigError, match="needs options.dataset"):
+    with pytest.raises(ConfigError, match=r"needs options\.dataset"):
         task("gsm8k").rows("train")
 
 
