@@ -1,0 +1,297 @@
+"""Decide whether a parsed prediction is mathematically equivalent to a parsed gold answer.
+
+Order per pair: structural equality, then numbers (exact, or with `rel_tol` where a decimal is involved),
+then numeric probing at fixed points and symbolic simplification for expressions with variables.
+Anything doubtful is "not equivalent": a false positive rewards a wrong answer.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Any
+
+import mpmath  # shipped with sympy
+import sympy
+
+from rlvf_math.normalize import Tolerance as Context
+from rlvf_math.normalize import numbers_match
+from rlvf_math.parse import Bracketed, Choice, Collection, MatrixAnswer, Relation, Text, as_real_set
+
+_PRECISION = 40  # digits for numeric comparison of exact expressions
+_EXACT_TOLERANCE = sympy.Float("1e-25", _PRECISION)
+# Points at which two expressions in the same variables are compared; irregular values avoid coincidences.
+_PROBE_VALUES = ("0.6180339887", "1.4142135623", "-0.7320508075", "2.2360679774", "-1.9318516525",
+                 "0.4142135623", "3.1415926535", "-2.7182818284")
+_MAX_COLLECTION = 64
+_MAX_ALGEBRA_OPS = 200
+_MAX_ALGEBRA_EXPONENT = 60
+_INEQUALITY_ORDER = {">": "<", ">=": "<="}
+_EQUATION_OPS = ("=", "!=")
+
+
+def equivalent(gold, pred, ctx: Context) -> bool:
+    gold, pred = _drop_membership(gold), _drop_membership(pred)
+    if type(gold) is type(pred) and gold == pred:
+        return True
+    if isinstance(gold, (Text, Choice)) or isinstance(pred, (Text, Choice)):
+        return False
+    if isinstance(gold, Relation) or isinstance(pred, Relation):
+        return _relation_equivalent(gold, pred, ctx)
+    if isinstance(gold, sympy.Set) or isinstance(pred, sympy.Set):
+        return _sets_equal(as_real_set(gold), as_real_set(pred), ctx)
+    if isinstance(gold, Collection) or isinstance(pred, Collection):
+        return _collection_equivalent(gold, pred, ctx)
+    if isinstance(gold, (Bracketed, MatrixAnswer)) or isinstance(pred, (Bracketed, MatrixAnswer)):
+        return _sequence_equivalent(gold, pred, ctx)
+    if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
+        return expressions_equal(gold, pred, ctx)
+    return False
+
+
+def _drop_membership(node):
+    """`x \\in [1, 2]` answers `[1, 2]`."""
+    if isinstance(node, Relation) and node.ops == ("in",) and isinstance(node.sides[0], sympy.Symbol):
+        return node.sides[1]
+    return node
+
+
+# -- relations
+
+
+def _is_name(node) -> bool:
+    """A side that names the unknown rather than giving a value: `x`, `a_1`, `AB`, `f(x)`."""
+    return isinstance(node, sympy.Expr) and bool(node.free_symbols) and not node.atoms(sympy.Number) - {
+        sympy.Integer(-1)}
+
+
+def _relation_equivalent(gold, pred, ctx: Context) -> bool:
+    if isinstance(gold, Relation) and isinstance(pred, Relation):
+        return _relations_equal(gold, pred, ctx)
+    relation, other = (gold, pred) if isinstance(gold, Relation) else (pred, gold)
+    if relation.ops == ("=",):  # `x = 3` answers `3`
+        left, right = relation.sides
+        value = right if _is_name(left) else (left if _is_name(right) else None)
+        if value is None:
+            return False
+        return equivalent(value, other, ctx) if relation is gold else equivalent(other, value, ctx)
+    if isinstance(other, (sympy.Set, Bracketed, Collection)):
+        return _sets_equal(as_real_set(gold), as_real_set(pred), ctx)
+    return False
+
+
+def _relations_equal(gold: Relation, pred: Relation, ctx: Context) -> bool:
+    if len(gold.ops) == len(pred.ops):
+        if gold.ops == pred.ops and all(equivalent(g, p, ctx) for g, p in zip(gold.sides, pred.sides, strict=True)):
+            return True
+        flipped = tuple(_flip(op) for op in reversed(pred.ops))
+        reversed_sides = reversed(pred.sides)
+        if gold.ops == flipped and all(equivalent(g, p, ctx) for g, p in zip(gold.sides, reversed_sides, strict=True)):
+            return True
+    gold_set, pred_set = as_real_set(gold), as_real_set(pred)
+    if gold_set is not None and pred_set is not None:
+        return _sets_equal(gold_set, pred_set, ctx)
+    if len(gold.ops) == 1 and len(pred.ops) == 1 and all(isinstance(s, sympy.Expr) for s in gold.sides + pred.sides):
+        return _single_relations_equal(gold, pred)
+    return False
+
+
+def _flip(op: str) -> str:
+    return {"<": ">", ">": "<", "<=": ">=", ">=": "<="}.get(op, op)
+
+
+def _single_relations_equal(gold: Relation, pred: Relation) -> bool:
+    """`y = 2x + 1` vs `2x + 1 = y` vs `2y - 4x = 2`: the same relation up to a constant factor
+    (a positive one for inequalities)."""
+    gold_op, gold_difference = _as_difference(gold)
+    pred_op, pred_difference = _as_difference(pred)
+    if gold_op != pred_op:
+        return False
+    if not (gold_difference.free_symbols or pred_difference.free_symbols):
+        return False
+    ratio = _constant_ratio(gold_difference, pred_difference)
+    if ratio is None:
+        return False
+    return ratio > 0 if gold_op not in _EQUATION_OPS else ratio != 0
+
+
+def _as_difference(relation: Relation) -> tuple[str, sympy.Expr]:
+    """`a op b` as `(a - b) op 0` with op one of =, !=, <, <=."""
+    op = relation.ops[0]
+    left, right = relation.sides
+    if op in _INEQUALITY_ORDER:
+        return _INEQUALITY_ORDER[op], right - left
+    return op, left - right
+
+
+def _constant_ratio(first: sympy.Expr, second: sympy.Expr) -> float | None:
+    """The constant c with first = c * second, found at the probe points, or None if it is not constant."""
+    symbols = sorted(first.free_symbols | second.free_symbols, key=str)
+    ratios = []
+    for point in _probe_points(symbols):
+        a, b = _complex_value(first, point), _complex_value(second, point)
+        if a is None or b is None or b == 0:
+            continue
+        ratios.append(a / b)
+    if len(ratios) < 3:
+        return None
+    first_ratio = ratios[0]
+    if any(abs(r - first_ratio) > 1e-9 * max(1, abs(first_ratio)) for r in ratios):
+        return None
+    if abs(first_ratio.imag) > 1e-12 or first_ratio == 0:
+        return None
+    return float(first_ratio.real)
+
+
+# -- sets, lists, tuples, matrices
+
+
+def _sets_equal(gold_set, pred_set, ctx: Context) -> bool:
+    if gold_set is None or pred_set is None:
+        return False
+    if gold_set == pred_set:
+        return True
+    gold_parts, pred_parts = _intervals(gold_set), _intervals(pred_set)
+    if gold_parts is None or pred_parts is None or len(gold_parts) != len(pred_parts):
+        return False
+    return all(
+        g.left_open == p.left_open and g.right_open == p.right_open
+        and expressions_equal(g.start, p.start, ctx) and expressions_equal(g.end, p.end, ctx)
+        for g, p in zip(gold_parts, pred_parts, strict=True)
+    )
+
+
+def _intervals(value) -> list[sympy.Interval] | None:
+    parts = value.args if isinstance(value, sympy.Union) else (value,)
+    if not all(isinstance(part, sympy.Interval) for part in parts):
+        return None
+    return sorted(parts, key=lambda part: float(part.start))
+
+
+def _items(node) -> tuple[Any, ...] | None:
+    if isinstance(node, (Collection, Bracketed)):
+        return node.items
+    if isinstance(node, MatrixAnswer) and (len(node.rows) == 1 or all(len(row) == 1 for row in node.rows)):
+        return tuple(item for row in node.rows for item in row)  # a vector written as a matrix
+    return None
+
+
+def _collection_equivalent(gold, pred, ctx: Context) -> bool:
+    gold_items, pred_items = _items(gold), _items(pred)
+    if gold_items is None:
+        gold_items = (gold,)
+    if pred_items is None:
+        pred_items = (pred,)
+    if max(len(gold_items), len(pred_items)) > _MAX_COLLECTION:
+        return False
+    both_sets = all(isinstance(n, Collection) and n.braces for n in (gold, pred))
+    if len(gold_items) != len(pred_items) and not both_sets:
+        return False
+    if isinstance(gold, Bracketed) or isinstance(pred, Bracketed):
+        # a bare list against a tuple keeps the tuple's order; braces are a set, never a tuple
+        if any(isinstance(n, Collection) and n.braces for n in (gold, pred)):
+            return False
+        return all(equivalent(g, p, ctx) for g, p in zip(gold_items, pred_items, strict=True))
+    if both_sets:  # sets: {1, 2, 2} is {1, 2}
+        return all(any(equivalent(g, p, ctx) for p in pred_items) for g in gold_items) and all(
+            any(equivalent(g, p, ctx) for g in gold_items) for p in pred_items)
+    unused = list(pred_items)
+    for item in gold_items:
+        match = next((i for i, candidate in enumerate(unused) if equivalent(item, candidate, ctx)), None)
+        if match is None:
+            return False
+        unused.pop(match)
+    return True
+
+
+def _sequence_equivalent(gold, pred, ctx: Context) -> bool:
+    if isinstance(gold, MatrixAnswer) and isinstance(pred, MatrixAnswer):
+        if len(gold.rows) != len(pred.rows) or len(gold.rows[0]) != len(pred.rows[0]):
+            return False
+        pairs = (pair for gr, pr in zip(gold.rows, pred.rows, strict=True) for pair in zip(gr, pr, strict=True))
+        return all(equivalent(g, p, ctx) for g, p in pairs)
+    if isinstance(gold, Bracketed) and isinstance(pred, Bracketed) and (gold.open, gold.close) != (
+            pred.open, pred.close):
+        return False  # [1, 2) is not (1, 2]
+    gold_items, pred_items = _items(gold), _items(pred)
+    if gold_items is None or pred_items is None or len(gold_items) != len(pred_items):
+        return False
+    return all(equivalent(g, p, ctx) for g, p in zip(gold_items, pred_items, strict=True))
+
+
+# -- expressions
+
+
+def expressions_equal(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
+    if gold == pred:
+        return True
+    if gold.has(sympy.UnevaluatedExpr) or pred.has(sympy.UnevaluatedExpr):
+        return False  # huge numbers: only an identical form is trusted
+    if gold.free_symbols or pred.free_symbols:
+        return _symbolic_equal(gold, pred)
+    if gold.is_Rational and pred.is_Rational:
+        return numbers_match(Fraction(gold.p, gold.q), Fraction(pred.p, pred.q), ctx)
+    return _numbers_close(gold, pred, ctx)
+
+
+def _numbers_close(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
+    gold_value, pred_value = _complex_value(gold), _complex_value(pred)
+    if gold_value is None or pred_value is None:
+        return False
+    if ctx.gold_places and not ctx.pred_has_decimal and abs(pred_value.imag) < 1e-30:
+        # an exact prediction whose rounding is the decimal gold (gold 1.41, prediction sqrt(2))
+        rounded = sympy.Float(pred_value.real, _PRECISION).round(ctx.gold_places)
+        return rounded == sympy.Float(gold_value.real, _PRECISION).round(ctx.gold_places)
+    if ctx.pred_has_decimal:
+        return ctx.approximates(gold_value, pred_value, mpmath.mpf(10) ** -(ctx.pred_places or 0))
+    scale = max(abs(gold_value), abs(pred_value))
+    return scale == 0 or abs(gold_value - pred_value) <= _EXACT_TOLERANCE * scale
+
+
+def _complex_value(expr: sympy.Expr, point: dict | None = None):
+    """The value (at `point`) as an mpmath complex at `_PRECISION` digits, or None if not a finite number."""
+    try:
+        value = expr.evalf(_PRECISION, subs=point)
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):
+        return None
+    if not value.is_number or value.has(sympy.oo, -sympy.oo, sympy.zoo, sympy.nan):
+        return None
+    real, imag = value.as_real_imag()
+    if not (real.is_Number and imag.is_Number):
+        return None
+    with mpmath.workdps(_PRECISION):
+        return mpmath.mpc(mpmath.mpf(real), mpmath.mpf(imag))
+
+
+def _probe_points(symbols) -> list[dict]:
+    points = []
+    for shift in range(len(_PROBE_VALUES)):
+        points.append({s: sympy.Float(_PROBE_VALUES[(shift + 3 * k) % len(_PROBE_VALUES)], 15)
+                       for k, s in enumerate(symbols)})
+    return points
+
+
+def _symbolic_equal(gold: sympy.Expr, pred: sympy.Expr) -> bool:
+    """Equal as functions of their variables: disproved at any probe point, proved by algebra or by
+    agreement at every probe point."""
+    symbols = sorted(gold.free_symbols | pred.free_symbols, key=str)
+    agreeing = 0
+    for point in _probe_points(symbols):
+        a, b = _complex_value(gold, point), _complex_value(pred, point)
+        if a is None or b is None:
+            continue
+        if abs(a - b) > 1e-9 * max(1.0, abs(a), abs(b)):
+            return False
+        agreeing += 1
+    if agreeing >= 4:
+        return True
+    if not _small_enough_for_algebra(gold) or not _small_enough_for_algebra(pred):
+        return False
+    difference = gold - pred
+    return sympy.expand(difference) == 0 or sympy.simplify(difference) == 0
+
+
+def _small_enough_for_algebra(expr: sympy.Expr) -> bool:
+    """`expand((x+2)**100000)` would run for minutes: keep algebra to answer-sized expressions."""
+    if sympy.count_ops(expr) > _MAX_ALGEBRA_OPS:
+        return False
+    return all(not (p.exp.is_Number and abs(p.exp) > _MAX_ALGEBRA_EXPONENT) for p in expr.atoms(sympy.Pow))
