@@ -35,11 +35,14 @@ def test_dr_grpo_drops_the_std_and_batch_normalisation_uses_the_batch_std():
     assert batch[:, 0].tolist() == pytest.approx([x / batch_std for x in [2 / 3, -1 / 3, -1 / 3, -1, 1]])
 
 
-def test_grpo_equal_rewards_give_zero_advantage_and_masked_tokens_zero():
-    data = inputs([1, 1], [0, 0], tokens=3)
-    data.mask[1, 2] = 0
+def test_grpo_equal_rewards_give_exactly_zero_advantage_and_masked_tokens_zero():
+    # 0.1 is not exact in binary: the group mean differs from 0.1 by rounding, and (r - mean) / (std + eps)
+    # would then be ~1e-4, which Adam turns into a full-size step. It must be exactly zero.
+    data = inputs([0.1] * 8 + [1.1] * 8 + [0.1, 1.1], [0] * 8 + [1] * 8 + [2, 2], tokens=3)
+    data.mask[17, 2] = 0
     advantages = algorithms.ADVANTAGE_ESTIMATORS["grpo"](data)
-    assert torch.count_nonzero(advantages) == 0
+    assert torch.count_nonzero(advantages[:16]) == 0
+    assert advantages[16, 0] < 0 < advantages[17, 0] and advantages[17, 2] == 0
 
 
 def test_kl_estimators_by_hand():

@@ -70,3 +70,30 @@ def test_pass_at_k_against_hand_values():
     assert pass_at_k(5, 2, 1) == pytest.approx(0.4)
     assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)  # 1 - C(3,2)/C(5,2)
     assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0
+
+
+def test_prefix_shared_training_logprobs_equal_a_full_forward(policy):
+    """The trainer runs each prompt once and repeats its KV cache for the group's completions; the result
+    must equal running every prompt + completion through the model on its own."""
+    from rlvf.trainer import Rollout, completion_logprobs
+
+    ids = encode_prompts(policy.tokenizer, PROMPTS)
+    samples = HFSampler(policy.model, policy.tokenizer).sample(ids, SamplingParams(max_new_tokens=9, n=3), seed=1)
+    sequences = [ids[samples.prompt_index(i)] + c for i, c in enumerate(samples.completion_ids)]
+    width, steps = max(map(len, sequences)), max(map(len, samples.completion_ids))
+    rollout = Rollout(
+        input_ids=torch.tensor([s + [2] * (width - len(s)) for s in sequences]),
+        attention_mask=torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences]),
+        completion_start=torch.tensor([len(ids[samples.prompt_index(i)]) for i in range(len(sequences))]),
+        completion_ids=torch.tensor([c + [-1] * (steps - len(c)) for c in samples.completion_ids]),
+        mask=torch.tensor([[1.0] * len(c) + [0.0] * (steps - len(c)) for c in samples.completion_ids]),
+        old_logprobs=torch.zeros(len(sequences), steps), group_ids=torch.tensor([i // 3 for i in range(9)]))
+    shuffled = rollout.select([4, 0, 8, 1, 3, 7, 2, 6, 5])  # groups interleaved, as in a shuffled mini-batch
+    logprobs, entropy = completion_logprobs(policy.model, shuffled, temperature=0.8, with_entropy=True)
+    for row, original in enumerate([4, 0, 8, 1, 3, 7, 2, 6, 5]):
+        prompt, completion = ids[original // 3], samples.completion_ids[original]
+        with torch.no_grad():
+            logits = policy.model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1: -1] / 0.8
+        expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
+        assert torch.allclose(logprobs[row, : len(completion)], expected, atol=1e-4)
+        assert entropy[row, 0] > 0

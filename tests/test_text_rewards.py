@@ -23,6 +23,15 @@ def test_think_format():
     assert reward("think_format")(prompts=[""] * 5, completions=completions) == [1.0, 0.0, 0.0, 0.0, 0.0]
 
 
+def test_code_fence_needs_a_closed_python_block_with_code():
+    completions = ["Here:\n```python\ndef f(x):\n    return x\n```\nDone.", "```py\nprint(1)\n```",
+                   "```python\ndef f(x):\n    return x", "```python\n\n```", "```\nprint(1)\n```",
+                   "def f(x):\n    return x", "```python\n```\n```python\nx = 1\n```",
+                   [{"role": "assistant", "content": "```Python\nx = 1\n```"}]]
+    scores = reward("code_fence")(prompts=[""] * 8, completions=completions)
+    assert scores == [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 1.0]
+
+
 def test_overlong_penalty_uses_token_ids_when_given():
     penalty = reward("overlong", max_length=10, buffer=4)
     ids = [[0] * n for n in (6, 8, 10, 12)]

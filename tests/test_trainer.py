@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from conftest import BIN, write_distribution
+from conftest import BIN, run_rlvf, write_distribution
 from rlvf.config import Config, load_config
 from rlvf.plugins import PluginInfo, load_registry
 from rlvf.trainer import Trainer
@@ -30,12 +31,12 @@ def register_rewards(register):
 TIMING_KEYS = ("time/", "tokens_per_second")
 
 
-def toy_config(model_dir, data_file, output_dir, **train) -> list[str]:
+def toy_config(model_dir, data_file, output_dir, report_to=("jsonl",), **train) -> list[str]:
     overrides = {
         "model.name": str(model_dir), "task.name": "digits", "task.dataset": str(data_file),
         "task.chat": False, "task.template": "{question}:", "reward.mix.digits": 1.0,
         "sampling.max_new_tokens": 12, "eval.max_new_tokens": 12, "eval.limit": 8,
-        "train.output_dir": str(output_dir), "train.report_to": ["jsonl"], "train.progress": False,
+        "train.output_dir": str(output_dir), "train.report_to": report_to, "train.progress": False,
         "train.prompts_per_step": 4, "train.group_size": 8, "train.micro_batch_size": 16, "train.lr": 3e-3,
         "algorithm.beta": 0.0, **{f"train.{k}": v for k, v in train.items()},
     }
@@ -74,13 +75,23 @@ def training_metrics(run_dir) -> list[dict]:
 @pytest.mark.timeout(300)
 def test_reward_rises_on_a_tiny_model(toy, tmp_path):
     model_dir, data, site = toy
-    config = load_config(None, toy_config(model_dir, data, tmp_path / "run", steps=30, eval_before=True))
+    config = load_config(None, toy_config(model_dir, data, tmp_path / "run", report_to=["jsonl", "tensorboard"],
+                                          steps=30, eval_before=True))
     results = in_process_trainer(config, site).run()
     rewards = [m["reward/mean"] for m in training_metrics(tmp_path / "run")]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 0.3, f"reward did not rise: first steps {rewards[:5]}, last steps {rewards[-5:]}"
     assert results["after"]["reward/digits"] > results["before"]["reward/digits"] + 0.3
     assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+    # The run's artefacts: TensorBoard events and curves drawn by `rlvf plot`.
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    plotted = run_rlvf("plot", str(tmp_path / "run")).stdout.strip()
+    assert plotted.endswith("curves.png") and Path(plotted).stat().st_size > 20_000
+    # `rlvf eval` on the trained model agrees with the trainer's own final evaluation.
+    evaluated = run_rlvf("eval", *toy_config(model_dir, data, tmp_path / "unused"), "--model",
+                         str(tmp_path / "run" / "final"), env={"PYTHONPATH": str(site)}).stdout
+    assert f"{results['after']['reward/digits']:.4f}" in evaluated
 
 
 @pytest.mark.timeout(300)

@@ -66,15 +66,18 @@ class BatchTotals:
 
 # --- advantage estimators ---
 
-def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-element mean and (unbiased, as torch.std) standard deviation of the element's group."""
+def _group_stats(values: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per element: the mean and (unbiased, as torch.std) standard deviation of its group, and whether all
+    of its group's values are equal (exactly, not up to the rounding error of the mean)."""
     _, inverse = torch.unique(group_ids, return_inverse=True)
     groups = int(inverse.max()) + 1
     count = torch.zeros(groups, dtype=values.dtype).index_add_(0, inverse, torch.ones_like(values))
     mean = torch.zeros(groups, dtype=values.dtype).index_add_(0, inverse, values) / count
     centred = values - mean[inverse]
     var = torch.zeros(groups, dtype=values.dtype).index_add_(0, inverse, centred ** 2) / (count - 1).clamp(min=1)
-    return mean[inverse], var.sqrt()[inverse]
+    high = torch.full((groups,), -torch.inf, dtype=values.dtype).scatter_reduce(0, inverse, values, "amax")
+    low = torch.full((groups,), torch.inf, dtype=values.dtype).scatter_reduce(0, inverse, values, "amin")
+    return mean[inverse], var.sqrt()[inverse], (high == low)[inverse]
 
 
 @ADVANTAGE_ESTIMATORS.register("grpo")
@@ -87,11 +90,15 @@ def grpo_advantages(inputs: AdvantageInputs, scale_std: bool = True, normalize: 
     """
     if normalize not in ("group", "batch"):
         raise ConfigError(f"grpo: normalize must be 'group' or 'batch', got {normalize!r}")
-    mean, group_std = _group_stats(inputs.scores, inputs.group_ids)
+    mean, group_std, constant = _group_stats(inputs.scores, inputs.group_ids)
     advantages = inputs.scores - mean
     if scale_std:
         std = group_std if normalize == "group" else inputs.scores.std().expand_as(advantages)
         advantages = advantages / (std + eps)
+    # A group whose rewards are all equal carries no signal. Its advantages must be exactly 0: the rounding
+    # error of its mean (~1e-8), divided by std + eps, would become a gradient that Adam, which normalises
+    # magnitudes away, turns into a full-size random step.
+    advantages = advantages.masked_fill(constant, 0.0)
     return advantages[:, None] * inputs.mask
 
 

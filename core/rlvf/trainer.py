@@ -60,25 +60,41 @@ class Rollout:
 
 
 def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
-    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T].
+    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T] (and the
+    per-token entropy of the policy, without gradient, if asked).
 
-    The LM head (49k x 576 for SmolLM2: a large share of the cost) runs only on the hidden states that
-    predict completion tokens, not on the prompt.
+    The G completions of a prompt share it, so each prompt runs through the model once and its KV cache is
+    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens. The LM
+    head (49k x 576 for SmolLM2) runs only on the hidden states that predict completion tokens.
     """
-    hidden = model.get_decoder()(input_ids=rollout.input_ids, attention_mask=rollout.attention_mask).last_hidden_state
-    steps = torch.arange(rollout.completion_ids.shape[1], device=hidden.device)
-    # the hidden state at position p predicts token p + 1
-    positions = (rollout.completion_start[:, None] - 1 + steps[None, :]).clamp(max=hidden.shape[1] - 1)
-    predicting = hidden.gather(1, positions[:, :, None].expand(-1, -1, hidden.shape[-1]))
-    logits = model.get_output_embeddings()(predicting).float() / max(temperature, 1e-6)
-    log_probs = torch.log_softmax(logits, dim=-1)
-    tokens = rollout.completion_ids.clamp(min=0)
-    token_logprobs = log_probs.gather(-1, tokens[:, :, None]).squeeze(-1)
-    entropy = None
-    if with_entropy:
-        with torch.no_grad():
-            entropy = -(log_probs.exp() * log_probs).sum(-1)
-    return token_logprobs, entropy
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    device = rollout.input_ids.device
+    steps = rollout.completion_ids.shape[1]
+    rows_out, logprobs_out, entropy_out = [], [], []
+    for group in torch.unique(rollout.group_ids).tolist():
+        rows = (rollout.group_ids == group).nonzero().squeeze(1)
+        start = int(rollout.completion_start[rows[0]])
+        prefix = decoder(input_ids=rollout.input_ids[rows[0], :start][None], use_cache=True)
+        hidden = prefix.last_hidden_state[:, -1:].expand(len(rows), -1, -1)  # predicts the first token
+        tokens = rollout.completion_ids[rows.to(device)].clamp(min=0)
+        if steps > 1:
+            cache = prefix.past_key_values
+            cache.batch_repeat_interleave(len(rows))
+            attention = torch.cat([torch.ones(len(rows), start, dtype=torch.long, device=device),
+                                   (rollout.completion_ids[rows.to(device)] != -1).long()], dim=1)[:, :-1]
+            positions = torch.arange(start, start + steps - 1, device=device).expand(len(rows), -1)
+            body = decoder(input_ids=tokens[:, :-1], attention_mask=attention, position_ids=positions,
+                           past_key_values=cache).last_hidden_state
+            hidden = torch.cat([hidden, body], dim=1)
+        log_probs = torch.log_softmax(head(hidden).float() / max(temperature, 1e-6), dim=-1)
+        logprobs_out.append(log_probs.gather(-1, tokens[:, :, None]).squeeze(-1))
+        if with_entropy:
+            with torch.no_grad():
+                entropy_out.append(-(log_probs.exp() * log_probs).sum(-1))
+        rows_out.append(rows)
+    order = torch.argsort(torch.cat(rows_out)).to(device)  # back to the rollout's row order
+    entropy = torch.cat(entropy_out)[order] if with_entropy else None
+    return torch.cat(logprobs_out)[order], entropy
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -319,8 +335,8 @@ class Trainer:
         metrics |= self.compute_advantages(rollout, scores)
         keep = list(range(len(scores)))
         if self.config.train.dynamic_sampling:
-            _, std = algorithms._group_stats(scores, rollout.group_ids)
-            keep = [i for i in keep if float(std[i]) > 0]
+            _, _, constant = algorithms._group_stats(scores, rollout.group_ids)
+            keep = [i for i in keep if not constant[i]]
             metrics["dynamic_sampling/kept"] = len(keep) / len(scores)
         if keep:
             metrics |= self.update(rollout if len(keep) == len(scores) else rollout.select(keep))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from importlib import resources
 from typing import Any
 
@@ -26,18 +27,17 @@ class ReasoningGymTask(Task):
         return [{"question": item["question"], "answer": str(item["answer"])} for item in dataset]
 
     def load(self, split: str) -> list[dict[str, Any]]:
-        # Generate twice what is needed: duplicates, and train rows that repeat an eval question, are dropped.
-        seed, eval_size = self.options["seed"], self.options["eval_size"]
-        eval_rows = _unique(self._generate(2 * eval_size, seed + 1), set())[:eval_size]
-        if split == "eval":
-            return eval_rows
-        held_out = {row["question"] for row in eval_rows}
-        train_size = self.options["train_size"]
-        return _unique(self._generate(2 * train_size, seed), held_out)[:train_size]
+        # One pool of distinct questions, split in two: train and eval never share a question and follow the
+        # same distribution. (Twice what is needed is generated: duplicates are dropped.)
+        train_size, eval_size = self.options["train_size"], self.options["eval_size"]
+        pool = _unique(self._generate(2 * (train_size + eval_size), self.options["seed"]))
+        # Frequent questions are first seen early in the stream: shuffle, or eval would get the easy ones.
+        random.Random(self.options["seed"]).shuffle(pool)
+        return pool[:eval_size] if split == "eval" else pool[eval_size: eval_size + train_size]
 
 
-def _unique(rows: list[dict[str, Any]], exclude: set[str]) -> list[dict[str, Any]]:
-    seen = set(exclude)
+def _unique(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen = set()
     out = []
     for row in rows:
         if row["question"] not in seen:

@@ -1,10 +1,10 @@
 from rlvf import hookimpl
-from rlvf_tasks.code_tasks import CodeDatasetTask, HumanEvalTask
+from rlvf_tasks.code_tasks import CodeDatasetTask, HumanEvalTask, SimpleFunctionsTask
 from rlvf_tasks.math_tasks import ArithmeticTask, ChampTask, GSM8KFormatTask, GSMSymbolicTask
 
 
 @hookimpl
 def register_tasks(register):
     for task in (ArithmeticTask(), GSMSymbolicTask(), ChampTask(), GSM8KFormatTask(), HumanEvalTask(),
-                 CodeDatasetTask()):
+                 CodeDatasetTask(), SimpleFunctionsTask()):
         register(task)

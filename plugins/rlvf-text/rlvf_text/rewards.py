@@ -9,6 +9,9 @@ from collections import Counter
 from rlvf.text import completion_text, last_boxed
 
 _THINK = re.compile(r"^\s*<think>(?P<thought>.*?)</think>(?P<answer>.*)$", re.DOTALL)
+# Fences open and close at the start of a line (as in Markdown, and as the `code` reward extracts them).
+_PYTHON_FENCE = re.compile(r"^[ \t]*```[ \t]*(?:python3?|py)[ \t]*\n(?P<code>.*?)^[ \t]*```",
+                           re.DOTALL | re.MULTILINE | re.IGNORECASE)
 
 
 def boxed(prompts, completions, **columns) -> list[float]:
@@ -26,6 +29,12 @@ def think_format(prompts, completions, **columns) -> list[float]:
                        and text.count("<think>") == 1 and text.count("</think>") == 1)
         scores.append(1.0 if well_formed else 0.0)
     return scores
+
+
+def code_fence(prompts, completions, **columns) -> list[float]:
+    """1.0 if the completion has a closed ```python (or ```py) block with non-empty code."""
+    return [1.0 if any(m["code"].strip() for m in _PYTHON_FENCE.finditer(completion_text(c))) else 0.0
+            for c in completions]
 
 
 class OverlongPenalty:

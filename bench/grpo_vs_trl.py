@@ -1,0 +1,161 @@
+"""GRPO seconds/step, tokens/s and peak RSS: rlvf against TRL's GRPOTrainer on the same workload.
+
+    .venv/bin/python bench/grpo_vs_trl.py [--steps 4] [--prompts 4] [--group 8] [--max-new-tokens 32]
+
+Both train the embedded SmolLM2-135M-Instruct on the `arithmetic` task's prompts with the same reward
+function (the installed `math` reward plus `boxed`), G completions per prompt, sampled with HF
+transformers at temperature 1, loss aggregated per token (TRL "dapo" = rlvf "token_mean"), one
+optimisation pass, no reference model (beta = 0, TRL's default), no gradient checkpointing, float32 on
+the CPU. Each framework runs in its own subprocess (so peak RSS is its own); the first step is warm-up
+and left out of the per-step numbers. TRL is installed on demand (`pip install trl==1.16.0`): it is not
+a dependency of rlvf.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+TRL_VERSION = "1.16.0"
+REWARDS = {"math": 1.0, "boxed": 0.1}
+
+
+def workload(args) -> tuple[list[dict], str]:
+    from rlvf.models import resolve_model
+    from rlvf.plugins import get_registry
+
+    task = get_registry().task("arithmetic")
+    rows = task.rows("train", limit=args.prompts * args.steps)
+    return rows, resolve_model("smollm2-135m")
+
+
+def run_rlvf(args) -> dict:
+    from rlvf.config import load_config
+    from rlvf.plugins import get_registry
+    from rlvf.trainer import Trainer
+
+    overrides = {
+        "seed": 0, "train.steps": args.steps, "train.prompts_per_step": args.prompts, "train.group_size": args.group,
+        "train.micro_batch_size": args.prompts * args.group, "train.lr": 1e-6, "train.save_every": 0,
+        "train.eval_before": False, "train.report_to": ["jsonl"], "train.progress": False,
+        "train.output_dir": args.output_dir + "/rlvf", "sampling.max_new_tokens": args.max_new_tokens,
+        "sampling.batch_size": args.prompts * args.group, "algorithm.beta": 0.0,
+        "algorithm.loss_aggregation": "token_mean", "eval.limit": 1,
+        **{f"reward.mix.{name}": weight for name, weight in REWARDS.items()},
+    }
+    config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
+    trainer = Trainer(config, get_registry())
+    steps = []
+    while trainer.step < args.steps:
+        metrics = trainer.train_step()
+        trainer.step += 1
+        steps.append({"seconds": metrics["time/step"], "tokens": metrics["tokens/generated"],
+                      "sampling": metrics["time/sampling"], "training": metrics["time/training"]})
+    return {"steps": steps}
+
+
+def run_trl(args) -> dict:
+    import importlib.metadata
+
+    try:
+        installed = importlib.metadata.version("trl")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed != TRL_VERSION:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", f"trl=={TRL_VERSION}"], check=True)
+    import datasets
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from rlvf.plugins import get_registry
+
+    rows, model_dir = workload(args)
+    registry = get_registry()
+    reward_funcs = [registry.reward(name).build() for name in REWARDS]
+    dataset = datasets.Dataset.from_list([{"prompt": r["prompt"], "answer": r["answer"]} for r in rows])
+    batch = args.prompts * args.group
+    config = GRPOConfig(
+        output_dir=args.output_dir + "/trl", max_steps=args.steps, per_device_train_batch_size=batch,
+        num_generations=args.group, generation_batch_size=batch, max_completion_length=args.max_new_tokens,
+        num_iterations=1, beta=0.0, temperature=1.0, top_p=1.0, loss_type="dapo", learning_rate=1e-6,
+        reward_weights=list(REWARDS.values()), gradient_checkpointing=False, use_cpu=True, bf16=False,
+        logging_steps=1, report_to=[], save_strategy="no", seed=0, shuffle_dataset=False,
+        dataloader_num_workers=0, disable_tqdm=True,
+    )
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.steps, self.begin = [], None
+
+        def on_step_begin(self, *_, **__):
+            self.begin = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            self.steps.append({"seconds": time.perf_counter() - self.begin})
+
+        def on_log(self, _args, _state, _control, logs=None, **__):
+            if logs and "completions/mean_length" in logs and self.steps:
+                self.steps[-1]["tokens"] = logs["completions/mean_length"] * batch
+
+    timer = StepTimer()
+    trainer = GRPOTrainer(model=model, reward_funcs=reward_funcs, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, callbacks=[timer])
+    trainer.train()
+    return {"steps": timer.steps}
+
+
+def child(args) -> None:
+    result = run_rlvf(args) if args.run == "rlvf" else run_trl(args)
+    result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+    print("RESULT " + json.dumps(result))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=4, help="prompts per step")
+    parser.add_argument("--group", type=int, default=8, help="completions per prompt (G)")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--output-dir", default="/tmp/rlvf-bench-grpo")
+    parser.add_argument("--run", choices=["rlvf", "trl"], help=argparse.SUPPRESS)  # internal: one framework
+    args = parser.parse_args()
+    if args.run:
+        child(args)
+        return
+
+    import shutil
+
+    from rlvf.table import format_table
+
+    shutil.rmtree(args.output_dir, ignore_errors=True)
+    results = {}
+    for framework in ("trl", "rlvf"):
+        command = [sys.executable, __file__, "--run", framework, *sys.argv[1:]]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+        if out.returncode or not lines:
+            sys.exit(f"{framework} failed:\n{out.stderr[-3000:]}")
+        results[framework] = json.loads(lines[-1][len("RESULT "):])
+    rows = []
+    for framework, result in results.items():
+        measured = result["steps"][1:] or result["steps"]  # the first step is warm-up
+        seconds = statistics.median(s["seconds"] for s in measured)
+        tokens = sum(s.get("tokens", 0) for s in measured) / sum(s["seconds"] for s in measured)
+        rows.append([framework, f"{seconds:.1f}", f"{tokens:.1f}", f"{result['peak_rss_gb']:.2f}"])
+    speedup = float(rows[0][1]) / float(rows[1][1])
+    print(f"GRPO on SmolLM2-135M-Instruct, arithmetic, {args.prompts} prompts x G={args.group}, "
+          f"max {args.max_new_tokens} new tokens, {args.steps} steps (first is warm-up), CPU float32")
+    print(format_table(["framework", "s/step (median)", "generated tok/s", "peak RSS GB"], rows))
+    print(f"rlvf is {speedup:.2f}x faster per step than TRL {TRL_VERSION}")
+
+
+if __name__ == "__main__":
+    main()
