@@ -31,8 +31,11 @@ system-packages:
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq bubblewrap >/dev/null; }
 
+# --resume: a demo that was interrupted continues from its last checkpoint; a finished one just reports.
 demo: setup
-	$(BIN)/rlvf eval examples/demo.toml --output demo-out/completions.jsonl
+	$(BIN)/rlvf model smollm2-135m
+	$(BIN)/rlvf train examples/demo.toml --resume
+	$(BIN)/rlvf plot runs/demo
 
 test: setup
 	$(BIN)/pytest -q

@@ -61,8 +61,9 @@ def test_score_names_the_line_where_a_reward_fails_and_zero_policy_continues(tmp
     assert "failures" in result.stderr
 
 
-def test_rewards_and_tasks_listings():
+def test_rewards_tasks_and_algorithms_listings():
     assert "max_length=512" in run_rlvf("rewards").stdout
+    assert "seq_mean, token_mean" in run_rlvf("algorithms").stdout
     tasks = json.loads(run_rlvf("tasks", "--json").stdout)
     assert {"arithmetic"} <= {t["name"] for t in tasks}
     rows = [json.loads(line) for line in run_rlvf("tasks", "arithmetic", "--limit", "2").stdout.splitlines()]
@@ -72,3 +73,12 @@ def test_rewards_and_tasks_listings():
 def test_unknown_command_arguments_fail_cleanly():
     result = run_rlvf("score", "--reward", "boxed:heavy", "--input", "x.jsonl", check=False)
     assert result.returncode == 2 and "the weight after ':' must be a number" in result.stderr
+
+
+def test_score_with_the_math_reward_reads_the_answer_column(tmp_path):
+    rows = [{"completion": "So the total is \\boxed{\\frac{1}{2}}.", "answer": "0.5"},
+            {"completion": "#### 7,425,000", "answer": "$7425000$"},
+            {"completion": "The answer is \\boxed{\\pm 2021}", "answer": "2021"}]
+    source = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = run_rlvf("score", "--reward", "math", "--input", str(source)).stdout
+    assert [json.loads(line)["math"] for line in out.splitlines()] == [1.0, 1.0, 0.0]

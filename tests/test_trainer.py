@@ -141,6 +141,12 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(toy, tmp_pat
     assert steps == list(range(1, 41)), f"resumed after step {last_saved}: logged steps {steps}"
     assert (run_dir / "final" / "model.safetensors").is_file()
 
+    # Resuming a finished run trains nothing more and reports the same results.
+    logged = (run_dir / "metrics.jsonl").read_text()
+    again = subprocess.run([*args, "--resume"], env=env, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0 and again.stdout == resumed.stdout
+    assert (run_dir / "metrics.jsonl").read_text() == logged
+
 
 def test_an_existing_run_directory_is_not_overwritten(toy, tmp_path):
     model_dir, data, site = toy

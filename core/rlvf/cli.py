@@ -46,6 +46,12 @@ def cmd_rewards(args) -> None:
                          r.description] for r in rewards]))
 
 
+def cmd_algorithms(args) -> None:
+    from rlvf.algorithms import describe
+
+    print(format_table(["registry", "entries"], [[kind, ", ".join(names)] for kind, names in describe().items()]))
+
+
 def cmd_tasks(args) -> None:
     registry = _registry()
     if args.name:  # show some rows of one task
@@ -229,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
     sub = add("rewards", cmd_rewards, "list available rewards with their options")
     sub.add_argument("--json", action="store_true")
+    add("algorithms", cmd_algorithms, "list the algorithm registries ([algorithm] config keys)")
     sub = add("tasks", cmd_tasks, "list available tasks, or print rows of one")
     sub.add_argument("name", nargs="?", help="print rows of this task as JSONL")
     sub.add_argument("--split", default="eval", choices=["train", "eval"])

@@ -9,6 +9,7 @@ entry named in the config, so the loop below never changes when one is added. On
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import shutil
@@ -23,7 +24,7 @@ from rlvf import algorithms
 from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, evaluate
-from rlvf.metrics import MetricsLogger
+from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
 from rlvf.rewards import RewardMix, mix_from_config
 from rlvf.sampling import SamplingParams, make_sampler
@@ -348,11 +349,20 @@ class Trainer:
     # --- the loop ---
 
     def run(self) -> dict[str, Any]:
+        """Train to `train.steps`, evaluating before and after; a finished run resumed returns its results."""
         t = self.config.train
+        results_file = self.output_dir / "results.json"
+        if self.step >= t.steps and results_file.is_file():
+            return json.loads(results_file.read_text())
         results: dict[str, Any] = {}
         if t.eval_before and self.step == 0:
             results["before"] = self.evaluate()
             self.logger.log(0, {f"eval/{k}": v for k, v in results["before"].items()})
+        elif t.eval_before:  # resumed: the evaluation before training was logged at step 0
+            logged = [r for r in read_metrics(self.output_dir)
+                      if r["step"] == 0 and any(k.startswith("eval/") for k in r)]
+            if logged:
+                results["before"] = {k.removeprefix("eval/"): v for k, v in logged[0].items() if k != "step"}
         progress = _progress(t.steps, self.step, enabled=t.progress)
         while self.step < t.steps:
             metrics = self.train_step()
@@ -362,7 +372,7 @@ class Trainer:
             progress.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", acc=f"{metrics['accuracy']:.2f}")
             if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
                 self.logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
-            if t.save_every and self.step % t.save_every == 0 and self.step < t.steps:
+            if t.save_every and (self.step % t.save_every == 0 or self.step == t.steps):
                 self.save_checkpoint()
         progress.close()
         results["after"] = self.evaluate()
@@ -372,6 +382,7 @@ class Trainer:
         self.tokenizer.save_pretrained(final)
         self.logger.close()
         results["final_model"] = str(final)
+        results_file.write_text(json.dumps(results, indent=2))
         return results
 
     def evaluate(self) -> dict[str, float]:
