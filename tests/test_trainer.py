@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -104,7 +105,11 @@ def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path):
     interrupted = load_config(None, toy_config(model_dir, data, tmp_path / "resumed", **common))
     first_half = in_process_trainer(interrupted.model_copy(update={"train": interrupted.train.model_copy(
         update={"steps": 4})}), site)
-    first_half.run()  # saves a checkpoint at step 3, then goes on to step 4 (lost: not checkpointed)
+    first_half.run()  # checkpoints at steps 3 and 4
+    # As if the run had been killed during step 4: its checkpoint, final model and results never written.
+    for written in ("checkpoints/step-000004", "final"):
+        shutil.rmtree(tmp_path / "resumed" / written)
+    (tmp_path / "resumed" / "results.json").unlink()
     resumed = in_process_trainer(interrupted, site, resume=True)
     assert resumed.step == 3
     resumed.run()
