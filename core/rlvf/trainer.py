@@ -286,12 +286,11 @@ class Trainer:
                 part = rollout.select(rows)
                 totals = algorithms.BatchTotals(sequences=len(rows), tokens=int(part.mask.sum()),
                                                 max_tokens=self.config.sampling.max_new_tokens)
-                # Micro-batches of similar length waste less padding.
-                lengths = part.attention_mask.sum(-1)
-                by_length = torch.argsort(lengths, descending=True)
+                # A group's completions kept together: its prompt then runs once per micro-batch.
+                by_group = torch.argsort(part.group_ids, stable=True)
                 mini_batch_loss = 0.0
                 for micro_start in range(0, len(rows), t.micro_batch_size):
-                    micro = part.select(by_length[micro_start: micro_start + t.micro_batch_size])
+                    micro = part.select(by_group[micro_start: micro_start + t.micro_batch_size])
                     logprobs, entropy = completion_logprobs(self.model, micro, self.config.sampling.temperature,
                                                             with_entropy=epoch == 0)
                     token_loss, loss_metrics = algorithms.call_with_options(
