@@ -50,6 +50,9 @@ def test_normalize_then_sum_within_groups():
     mix = RewardMix([MixEntry("a", constant([0, 1, 10, 30]))], aggregation="normalize_then_sum")
     total = mix.score(["p"] * 4, ["c"] * 4, group_ids=[0, 0, 1, 1]).total
     assert total == pytest.approx([-1, 1, -1, 1], abs=1e-5)
+    # A group of equal rewards (0.1 is inexact in binary) standardises to exactly 0: no phantom signal.
+    flat = RewardMix([MixEntry("a", constant([0.1] * 7))], aggregation="normalize_then_sum")
+    assert flat.score(["p"] * 7, ["c"] * 7, group_ids=[0] * 7).total == [0.0] * 7
 
 
 def test_raise_policy_names_the_reward_and_the_sample():

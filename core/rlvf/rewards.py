@@ -185,7 +185,8 @@ def _standardise(values: list[float | None], group_ids, eps: float) -> list[floa
         mean = sum(xs) / len(xs)
         std = math.sqrt(sum((x - mean) ** 2 for x in xs) / len(xs))
         for i in members:
-            out[i] = (values[i] - mean) / (std + eps)
+            # Equal values standardise to exactly 0, not to the rounding error of their mean divided by eps.
+            out[i] = 0.0 if max(xs) == min(xs) else (values[i] - mean) / (std + eps)
     return out
 
 
