@@ -134,8 +134,8 @@ def cmd_score(args) -> None:
         for start in range(0, len(rows), args.batch_size):
             batch = rows[start: start + args.batch_size]
             data = [row for _, row in batch]
-            columns = {key: [row.get(key) for row in data] for row in data for key in row
-                       if key not in ("prompt", "completion")}
+            keys = {key for row in data for key in row} - {"prompt", "completion"}
+            columns = {key: [row.get(key) for row in data] for key in sorted(keys)}
             try:
                 result = mix.score([row.get("prompt", "") for row in data], [row["completion"] for row in data],
                                    **columns)
