@@ -9,8 +9,8 @@ from typing import Any
 from rlvf.config import EvalConfig
 from rlvf.errors import ConfigError
 from rlvf.modeling import encode_prompts
-from rlvf.rewards import RewardMix
-from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.rewards import MixResult, RewardMix
+from rlvf.sampling import HFSampler, Samples, SamplingParams
 from rlvf.tasks import Task
 
 CORRECT = 1.0 - 1e-6  # an accuracy reward counts a sample correct at 1.0 (all tests passed, answer equal)
@@ -23,6 +23,18 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def score_samples(mix: RewardMix, rows: list[dict[str, Any]], samples: Samples) -> tuple[list[dict], MixResult]:
+    """Score the completions of task rows: each completion gets its row's columns (as TRL passes dataset
+    columns), its token ids, and its prompt's index as the group of `normalize_then_sum`."""
+    expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
+    keys = {key for row in rows for key in row} - {"prompt"}
+    columns = {key: [row.get(key) for row in expanded] for key in sorted(keys)}
+    result = mix.score([row["prompt"] for row in expanded], samples.texts,
+                       group_ids=[samples.prompt_index(i) for i in range(len(expanded))],
+                       completion_ids=samples.completion_ids, **columns)
+    return expanded, result
 
 
 @dataclass
@@ -52,11 +64,7 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
                             max_new_tokens=config.max_new_tokens, n=config.n)
     sampler = HFSampler(model, tokenizer, batch_size=config.batch_size)
     samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
-    expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
-    keys = {key for row in rows for key in row} - {"prompt"}
-    columns = {key: [row.get(key) for row in expanded] for key in sorted(keys)}
-    result = mix.score([r["prompt"] for r in expanded], samples.texts,
-                       completion_ids=samples.completion_ids, **columns)
+    expanded, result = score_samples(mix, rows, samples)
     correct = [(v or 0.0) >= CORRECT for v in result.per_reward[accuracy_reward]]
     per_prompt = [sum(correct[i * config.n:(i + 1) * config.n]) for i in range(len(rows))]
     pass_at = {k: sum(pass_at_k(config.n, c, k) for c in per_prompt) / len(rows) for k in config.k}

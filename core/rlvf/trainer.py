@@ -23,7 +23,7 @@ import torch
 from rlvf import algorithms
 from rlvf.config import Config
 from rlvf.errors import ConfigError
-from rlvf.evaluate import CORRECT, evaluate
+from rlvf.evaluate import CORRECT, evaluate, score_samples
 from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
 from rlvf.rewards import RewardMix, mix_from_config
@@ -222,12 +222,8 @@ class Trainer:
                  "completion/truncated": sum(samples.truncated) / len(lengths), "tokens/generated": sum(lengths)}
         return rollout, samples, stats
 
-    def score(self, rows, samples, rollout: Rollout) -> tuple[torch.Tensor, dict[str, float]]:
-        expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
-        keys = sorted({key for row in rows for key in row} - {"prompt"})
-        result = self.mix.score([r["prompt"] for r in expanded], samples.texts,
-                                group_ids=rollout.group_ids.tolist(), completion_ids=samples.completion_ids,
-                                **{key: [row.get(key) for row in expanded] for key in keys})
+    def score(self, rows, samples) -> tuple[torch.Tensor, dict[str, float]]:
+        _, result = score_samples(self.mix, rows, samples)
         scores = torch.tensor([0.0 if v is None else v for v in result.total])
         metrics = result.metrics()
         correct = [(v or 0.0) >= CORRECT for v in result.per_reward[self.accuracy_reward]]
@@ -327,7 +323,7 @@ class Trainer:
         timings["time/sampling"] = time.perf_counter() - begin
 
         mark = time.perf_counter()
-        scores, reward_metrics = self.score(rows, samples, rollout)
+        scores, reward_metrics = self.score(rows, samples)
         metrics |= reward_metrics
         timings["time/scoring"] = time.perf_counter() - mark
 
