@@ -160,3 +160,17 @@ def test_an_existing_run_directory_is_not_overwritten(toy, tmp_path):
     config = load_config(None, toy_config(model_dir, data, tmp_path / "run", steps=1))
     with pytest.raises(Exception, match="already holds a run: resume it with --resume"):
         in_process_trainer(config, site)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("kl_in", ["loss", "reward"])
+def test_kl_to_a_reference_model_is_measured_and_grows_from_zero(toy, tmp_path, kl_in):
+    model_dir, data, site = toy
+    overrides = toy_config(model_dir, data, tmp_path / "run", steps=4, eval_before=False)
+    config = load_config(None, [*overrides, "algorithm.beta=0.04", f"algorithm.kl_in={json.dumps(kl_in)}"])
+    trainer = in_process_trainer(config, site)
+    assert trainer.reference is not None
+    trainer.run()
+    kl = [m["kl"] for m in training_metrics(tmp_path / "run")]
+    assert kl[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
+    assert all(value >= 0 for value in kl) and kl[-1] > 1e-6  # k3 is non-negative; training moves away

@@ -24,7 +24,6 @@ class SamplingParams:
 class Samples:
     """`n` completions for each prompt, flattened prompt-major: completion j of prompt i is at i * n + j."""
 
-    prompt_ids: list[list[int]]  # one per prompt
     completion_ids: list[list[int]]  # one per completion, EOS included when it was generated
     logprobs: list[list[float]]  # per completion token, under the temperature-scaled policy
     texts: list[str]
@@ -74,7 +73,7 @@ class HFSampler:
             ended = bool(ids) and ids[-1] in self.eos_ids
             texts.append(text)
             truncated.append(not ended and cut is None and len(ids) >= params.max_new_tokens)
-        return Samples(prompt_ids=list(prompt_ids), completion_ids=completion_ids, logprobs=logprobs, texts=texts,
+        return Samples(completion_ids=completion_ids, logprobs=logprobs, texts=texts,
                        truncated=truncated, n=params.n)
 
     def _decode(self, batch: list[list[int]], params: SamplingParams, generator):

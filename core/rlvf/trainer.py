@@ -235,8 +235,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         token_kl = None
         if self.reference is not None:
-            with torch.no_grad():
-                rollout.ref_logprobs = self._logprobs_in_chunks(self.reference, rollout)
+            with torch.no_grad():  # no graph is kept, and completion_logprobs already goes group by group
+                rollout.ref_logprobs, _ = completion_logprobs(self.reference, rollout, self.config.sampling.temperature)
             token_kl = algorithms.KL_ESTIMATORS[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs)
             if a.kl_in == "reward":
                 scores = scores - a.beta * (token_kl * rollout.mask).sum(-1).cpu()
@@ -248,15 +248,6 @@ class Trainer:
         ).to(rollout.mask.device)
         metrics["advantage/abs_mean"] = _masked_mean(rollout.advantages.abs(), rollout.mask)
         return metrics
-
-    def _logprobs_in_chunks(self, model, rollout: Rollout) -> torch.Tensor:
-        size = self.config.train.micro_batch_size
-        parts = []
-        for start in range(0, rollout.input_ids.shape[0], size):
-            part = rollout.select(list(range(start, min(start + size, rollout.input_ids.shape[0]))))
-            logprobs, _ = completion_logprobs(model, part, self.config.sampling.temperature)
-            parts.append(torch.nn.functional.pad(logprobs, (0, rollout.mask.shape[1] - logprobs.shape[1])))
-        return torch.cat(parts)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate."""
