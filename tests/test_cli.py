@@ -63,7 +63,9 @@ def test_score_names_the_line_where_a_reward_fails_and_zero_policy_continues(tmp
 
 def test_rewards_tasks_and_algorithms_listings():
     assert "max_length=512" in run_rlvf("rewards").stdout
-    assert "seq_mean, token_mean" in run_rlvf("algorithms").stdout
+    algorithms = run_rlvf("algorithms").stdout
+    assert "seq_mean, token_mean" in algorithms and "gae, grpo, reinforce, reinforce_pp, rloo" in algorithms
+    assert "ppo                        advantage = 'gae'" in algorithms  # the presets
     tasks = json.loads(run_rlvf("tasks", "--json").stdout)
     assert {"arithmetic"} <= {t["name"] for t in tasks}
     rows = [json.loads(line) for line in run_rlvf("tasks", "arithmetic", "--limit", "2").stdout.splitlines()]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+from pathlib import Path
+
 import pytest
 
 from rlvf.config import Config, load_config, parse_override
@@ -81,3 +84,14 @@ def test_override_syntax():
         parse_override("novalue")
     with pytest.raises(ConfigError, match=r"'seed' is a value, not a section"):
         load_config(None, ["seed=1", "seed.x=2"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples" / "algorithms").glob("*.toml")),
+                         ids=lambda p: p.stem)
+def test_algorithm_examples_load_with_their_preset(path):
+    from rlvf import algorithms
+
+    config = load_config(path)
+    assert config.algorithm.preset == path.stem and config.task.name == "arithmetic"
+    estimator = algorithms.ADVANTAGE_ESTIMATORS.get_checked(config.algorithm.advantage)
+    inspect.signature(estimator).bind(None, **config.algorithm.advantage_options)  # options it takes

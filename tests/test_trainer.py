@@ -36,7 +36,7 @@ def toy_config(model_dir, data_file, output_dir, report_to=("jsonl",), **train) 
     overrides = {
         "model.name": str(model_dir), "task.name": "digits", "task.dataset": str(data_file),
         "task.chat": False, "task.template": "{question}:", "reward.mix.digits": 1.0,
-        "sampling.max_new_tokens": 12, "eval.max_new_tokens": 12, "eval.limit": 8,
+        "sampling.sampler": "hf", "sampling.max_new_tokens": 12, "eval.max_new_tokens": 12, "eval.limit": 8,
         "train.output_dir": str(output_dir), "train.report_to": report_to, "train.progress": False,
         "train.prompts_per_step": 4, "train.group_size": 8, "train.micro_batch_size": 16, "train.lr": 3e-3,
         "algorithm.beta": 0.0, **{f"train.{k}": v for k, v in train.items()},
@@ -96,13 +96,15 @@ def test_reward_rises_on_a_tiny_model(toy, tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path):
+@pytest.mark.parametrize("algorithm", [[], ['algorithm.preset="ppo"', "algorithm.beta=0.01", "critic.lr=3e-3"]],
+                         ids=["grpo", "ppo"])
+def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path, algorithm):
     model_dir, data, site = toy
     common = dict(steps=6, save_every=3, eval_before=False, epochs=2, mini_batch_size=16)
-    straight = load_config(None, toy_config(model_dir, data, tmp_path / "straight", **common))
+    straight = load_config(None, [*toy_config(model_dir, data, tmp_path / "straight", **common), *algorithm])
     in_process_trainer(straight, site).run()
 
-    interrupted = load_config(None, toy_config(model_dir, data, tmp_path / "resumed", **common))
+    interrupted = load_config(None, [*toy_config(model_dir, data, tmp_path / "resumed", **common), *algorithm])
     first_half = in_process_trainer(interrupted.model_copy(update={"train": interrupted.train.model_copy(
         update={"steps": 4})}), site)
     first_half.run()  # checkpoints at steps 3 and 4
@@ -112,6 +114,9 @@ def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path):
     (tmp_path / "resumed" / "results.json").unlink()
     resumed = in_process_trainer(interrupted, site, resume=True)
     assert resumed.step == 3
+    if resumed.critic is not None:  # the critic's weights and optimizer come back from the checkpoint
+        assert (tmp_path / "resumed" / "checkpoints" / "step-000003" / "critic" / "critic.safetensors").is_file()
+        assert resumed.critic_optimizer.state_dict()["state"]
     resumed.run()
     expected, got = training_metrics(tmp_path / "straight"), training_metrics(tmp_path / "resumed")
     assert [m["step"] for m in got] == [1, 2, 3, 4, 5, 6]
@@ -174,3 +179,48 @@ def test_kl_to_a_reference_model_is_measured_and_grows_from_zero(toy, tmp_path, 
     kl = [m["kl"] for m in training_metrics(tmp_path / "run")]
     assert kl[0] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
     assert all(value >= 0 for value in kl) and kl[-1] > 1e-6  # k3 is non-negative; training moves away
+
+
+def learning_run(toy, tmp_path, *extra: str, steps: int = 30) -> tuple[Trainer, list[dict]]:
+    model_dir, data, site = toy
+    config = load_config(None, [*toy_config(model_dir, data, tmp_path / "run", steps=steps, eval_before=False,
+                                            save_every=0), *extra])
+    trainer = in_process_trainer(config, site)
+    trainer.run()
+    return trainer, training_metrics(tmp_path / "run")
+
+
+def assert_reward_rises(metrics: list[dict]) -> None:
+    rewards = [m["reward/mean"] for m in metrics]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.3, f"reward did not rise: first steps {rewards[:5]}, last steps {rewards[-5:]}"
+
+
+@pytest.mark.timeout(60)
+def test_ppo_with_a_critic_and_kl_in_the_reward_learns(toy, tmp_path):
+    trainer, metrics = learning_run(toy, tmp_path, 'algorithm.preset="ppo"', "algorithm.beta=0.01",
+                                    "critic.lr=3e-3")
+    assert trainer.critic is not None and trainer.critic.backbone is not None and trainer.reference is not None
+    assert_reward_rises(metrics)
+    assert all(key in metrics[-1] for key in ("value_loss", "value_clip_fraction", "critic/explained_variance", "kl"))
+    # the critic learns to predict the returns: its explained variance grows
+    explained = [m["critic/explained_variance"] for m in metrics if "critic/explained_variance" in m]
+    assert sum(explained[-5:]) / 5 > sum(explained[:5]) / 5
+
+
+@pytest.mark.timeout(60)
+def test_rloo_learns_without_a_critic(toy, tmp_path):
+    trainer, metrics = learning_run(toy, tmp_path, 'algorithm.preset="rloo"')
+    assert trainer.critic is None and "value_loss" not in metrics[-1]
+    assert_reward_rises(metrics)
+
+
+@pytest.mark.timeout(60)
+def test_a_value_head_on_the_policy_backbone_trains(toy, tmp_path):
+    trainer, metrics = learning_run(toy, tmp_path, 'algorithm.preset="ppo"', "critic.share_policy_backbone=true",
+                                    "critic.lr=3e-3", "critic.vf_coef=0.1", steps=8)
+    assert trainer.critic.backbone is None  # no second model: only Linear(hidden, 1)
+    assert sum(p.numel() for p in trainer.critic.parameters()) == trainer.model.config.hidden_size + 1
+    assert trainer.critic.head.weight.abs().sum() > 0  # it started at 0 and learned
+    assert all(m["value_loss"] >= 0 and "critic/grad_norm" in m for m in metrics)
+    assert not (tmp_path / "run" / "final" / "critic").exists()  # the final HF model is the policy alone

@@ -48,8 +48,13 @@ def cmd_rewards(args) -> None:
 
 def cmd_algorithms(args) -> None:
     from rlvf.algorithms import describe
+    from rlvf.config import ALGORITHM_PRESETS
 
     print(format_table(["registry", "entries"], [[kind, ", ".join(names)] for kind, names in describe().items()]))
+    print()
+    print(format_table(["preset (algorithm = NAME)", "sets"],
+                       [[name, ", ".join(f"{k} = {v!r}" for k, v in settings.items()) or "(the defaults)"]
+                        for name, settings in ALGORITHM_PRESETS.items()]))
 
 
 def cmd_tasks(args) -> None:
@@ -171,6 +176,7 @@ def cmd_eval(args) -> None:
     from rlvf.evaluate import evaluate
     from rlvf.modeling import load_policy
     from rlvf.rewards import mix_from_config
+    from rlvf.sampling import sampler_from_config
     from rlvf.tasks import task_from_config
 
     config = load_config(args.config, args.overrides)
@@ -178,14 +184,17 @@ def cmd_eval(args) -> None:
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     policy = load_policy(config.model, path=args.model)
-    report = evaluate(policy.model, policy.tokenizer, task, mix, config.eval, seed=config.seed)
+    sampler = sampler_from_config(config.sampling, policy.model, policy.tokenizer, path=policy.path, seed=config.seed,
+                                  batch_size=config.eval.batch_size)
+    print(f"sampler: {sampler.description}", file=sys.stderr, flush=True)
+    report = evaluate(policy.model, policy.tokenizer, task, mix, config.eval, seed=config.seed, sampler=sampler)
     if args.output:
         with open_text(args.output, "w") as output:
             for row in report.rows:
                 output.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     print(format_table(["metric", "value"], [[k, f"{v:.4f}"] for k, v in report.summary().items()]))
     print(f"{task.name} / {config.eval.split}: {report.prompts} prompts, {report.samples} samples, "
-          f"model {policy.path}")
+          f"model {policy.path}, sampler {sampler.name}")
 
 
 def cmd_train(args) -> None:
@@ -200,6 +209,69 @@ def cmd_train(args) -> None:
             for key, value in after.items()]
     print(format_table(["held-out metric", "before", "after"], rows))
     print(f"final model: {results['final_model']}\nmetrics: {trainer.output_dir / 'metrics.jsonl'}")
+
+
+def _print_before_after(results: dict[str, Any], files: list[str]) -> None:
+    before, after = results.get("before") or {}, results["after"]
+    rows = [[key, f"{before[key]:.4f}" if key in before else "-", f"{value:.4f}"] for key, value in after.items()]
+    print(format_table(["held-out metric", "before", "after"], rows))
+    print("\n".join(files))
+
+
+def cmd_sft(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.sft import run_sft
+
+    config = load_config(args.config, args.overrides)
+    results = run_sft(config, _registry())
+    print(f"{results['train_examples']} demonstrations, {results['steps']} optimiser steps; held-out: completion "
+          f"loss per token on {results['eval_examples']} demonstrations")
+    _print_before_after(results, [f"final model: {results['final_model']}"])
+
+
+def cmd_train_rm(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.reward_model import run_train_rm
+
+    config = load_config(args.config, args.overrides)
+    results = run_train_rm(config, _registry())
+    print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
+          f"{results['eval_pairs']} pairs (accuracy: the chosen completion scores higher)")
+    _print_before_after(results, [f"reward model: {results['final_model']}"])
+
+
+def cmd_dpo(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.dpo import run_dpo
+
+    config = load_config(args.config, args.overrides)
+    results = run_dpo(config, _registry())
+    print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
+          f"{results['eval_pairs']} pairs (rewards/*: implicit rewards beta * log pi/pi_ref)")
+    _print_before_after(results, [f"final model: {results['final_model']}"])
+
+
+def cmd_pairs(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.modeling import load_policy
+    from rlvf.preference import generate_pairs
+    from rlvf.rewards import mix_from_config
+    from rlvf.tasks import task_from_config
+
+    config = load_config(args.config, args.overrides)
+    registry = _registry()
+    task = task_from_config(config.task, registry)
+    mix = mix_from_config(config.reward, registry, task.default_rewards)
+    policy = load_policy(config.model, path=args.model)
+    pairs, stats = generate_pairs(policy.model, policy.tokenizer, task, mix, config.pairs,
+                                  accuracy_reward=config.eval.accuracy_reward, seed=config.seed)
+    with open_text(args.output, "w") as output:
+        for pair in pairs:
+            output.write(json.dumps(pair, ensure_ascii=False, default=str) + "\n")
+    print(format_table(["pairs", "value"], [[k, f"{v:.4f}" if isinstance(v, float) else str(v)]
+                                            for k, v in stats.items()]), file=sys.stderr)
+    print(f"{task.name} / {config.pairs.split}: {len(pairs)} pairs -> {args.output} (model {policy.path})",
+          file=sys.stderr)
 
 
 def cmd_plot(args) -> None:
@@ -235,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--json", action="store_true")
     sub = add("rewards", cmd_rewards, "list available rewards with their options")
     sub.add_argument("--json", action="store_true")
-    add("algorithms", cmd_algorithms, "list the algorithm registries ([algorithm] config keys)")
+    add("algorithms", cmd_algorithms, "list the algorithm registries and presets ([algorithm] config keys)")
     sub = add("tasks", cmd_tasks, "list available tasks, or print rows of one")
     sub.add_argument("name", nargs="?", help="print rows of this task as JSONL")
     sub.add_argument("--split", default="eval", choices=["train", "eval"])
@@ -263,6 +335,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("config", nargs="?", help="TOML config")
     sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-6 train.steps=50")
     sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
+
+    sub = add("sft", cmd_sft, "supervised fine-tuning on demonstrations (loss on completion tokens only)")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [sft], and [task] for task demonstrations)")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.lr=2e-5 sft.packing=true")
+
+    sub = add("train-rm", cmd_train_rm, "train a Bradley-Terry reward model on preference pairs")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [preference], [rm])")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.margin=0.5")
+
+    sub = add("dpo", cmd_dpo, "direct preference optimisation (DPO or IPO) on preference pairs")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [preference], [dpo])")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 dpo.loss=ipo")
+
+    sub = add("pairs", cmd_pairs, "sample a model on a task and write verified preference pairs (JSONL)")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [task], [reward], [pairs])")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. pairs.n=8 pairs.limit=100")
+    sub.add_argument("--output", required=True, type=Path, help="JSONL of prompt/chosen/rejected ('-': stdout)")
+    sub.add_argument("--model", help="a model directory or checkpoint instead of [model].name")
 
     sub = add("plot", cmd_plot, "write PNG curves (reward, accuracy, KL, length) of a training run")
     sub.add_argument("run_dir")

@@ -7,11 +7,12 @@ Unknown or ill-typed keys are rejected with the key's dotted path.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
-from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from rlvf.errors import ConfigError
 
@@ -66,12 +67,20 @@ class TaskConfig(Section):
 
 
 class SamplingConfig(Section):
-    sampler: Literal["hf"] = "hf"
+    # "vllm": a vLLM engine in the trainer's process (python -m rlvf.vllm_install); "hf": rlvf's own decode
+    # loop on the transformers model; "auto": vLLM if it is installed, else HF (the choice is printed)
+    sampler: Literal["auto", "hf", "vllm"] = "auto"
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
     stop: list[str] = []
-    batch_size: int = 64  # sequences decoded together
+    batch_size: int = 64  # sequences decoded together (HF sampler; vLLM schedules its own batches)
+    # vLLM's memory budget: the KV cache in GiB (none: 1 GiB on a CPU; on a GPU, what
+    # vllm_gpu_memory_utilization leaves), and the fraction of GPU memory vLLM may take (the trainer needs the rest)
+    vllm_kv_cache_gb: float | None = None
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_max_model_len: int | None = None  # none: the model's
+    vllm_enforce_eager: bool | None = None  # none: eager on a CPU (compiling takes minutes), CUDA graphs on a GPU
 
 
 class EvalConfig(Section):
@@ -86,9 +95,27 @@ class EvalConfig(Section):
     accuracy_reward: str | None = None  # the reward whose 1.0 means "correct"; default: the mix's first
 
 
+# Named settings of [algorithm]: `algorithm = "ppo"`, or `[algorithm] preset = "ppo"` plus keys that replace the
+# preset's (an options table given replaces the preset's table whole).
+ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
+    "grpo": {},
+    "dr_grpo": {"advantage_options": {"scale_std": False}, "loss_aggregation": "constant_norm"},
+    # DAPO's dynamic sampling is a train option: train.dynamic_sampling = true
+    "dapo": {"policy_loss_options": {"eps_low": 0.2, "eps_high": 0.28}, "loss_aggregation": "token_mean",
+             "beta": 0.0},
+    "rloo": {"advantage": "rloo", "kl_in": "reward"},
+    "reinforce": {"advantage": "reinforce", "kl_in": "reward"},
+    "reinforce_pp": {"advantage": "reinforce_pp", "kl_estimator": "k1", "kl_in": "reward",
+                     "loss_aggregation": "token_mean"},
+    # InstructGPT's form: r_t = -beta log(pi / pi_ref) at every token, the reward at the last; GAE with a critic
+    "ppo": {"advantage": "gae", "kl_estimator": "k1", "kl_in": "reward", "loss_aggregation": "token_mean"},
+}
+
+
 class AlgorithmConfig(Section):
     """Names of registry entries (rlvf.algorithms) and their options: the trainer knows no algorithm."""
 
+    preset: str | None = None  # a name in ALGORITHM_PRESETS; keys given here replace the preset's
     advantage: str = "grpo"
     advantage_options: dict[str, Any] = {}  # grpo: scale_std (false = Dr.GRPO), normalize = "group"|"batch"
     policy_loss: str = "clipped"
@@ -97,6 +124,44 @@ class AlgorithmConfig(Section):
     kl_estimator: str = "k3"
     beta: float = 0.04  # KL coefficient; 0 loads no reference model
     kl_in: Literal["loss", "reward"] = "loss"  # add beta * KL to the loss, or subtract it from the reward
+    # Truncated importance sampling for a sampler whose log-probs differ from the trainer's (vLLM): each token's
+    # policy loss is weighted by min(pi_trainer_old / pi_sampler, tis_cap); none: no correction
+    tis_cap: float | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_preset_name(cls, value):
+        return {"preset": value} if isinstance(value, str) else value
+
+    @field_validator("preset")
+    @classmethod
+    def _known_preset(cls, value):
+        if value is not None and value not in ALGORITHM_PRESETS:
+            raise ValueError(f"unknown algorithm preset '{value}'; available: {', '.join(ALGORITHM_PRESETS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _apply_preset(self):
+        # Keys the user did not give take the preset's value. Written around validate_assignment (the presets
+        # are valid by construction) so they stay out of model_fields_set: a config dumped with exclude_unset
+        # and validated again with another preset (an override) takes the new preset's values.
+        for key, value in ALGORITHM_PRESETS.get(self.preset or "", {}).items():
+            if key not in self.model_fields_set:
+                self.__dict__[key] = copy.deepcopy(value)
+        return self
+
+
+class CriticConfig(Section):
+    """The value model, built only when the advantage estimator needs values (gae, i.e. algorithm = "ppo")."""
+
+    init: str = "policy"  # "policy": a copy of the policy's weights; else a causal LM or a reward model
+    #                       (sequence classification: its score head initialises the value head) with the
+    #                       policy's tokenizer: embedded name, HF hub id or local directory
+    share_policy_backbone: bool = False  # a value head on the policy's own hidden states: no second model
+    vf_coef: float = 0.1  # with share_policy_backbone: policy loss + vf_coef * value loss
+    lr: float = 1e-5
+    value_loss: str = "clipped"  # a VALUE_LOSSES entry
+    value_clip: float = 0.2  # values move at most this far from the rollout's (a large value: plain MSE)
 
 
 class TrainConfig(Section):
@@ -124,6 +189,95 @@ class TrainConfig(Section):
     progress: bool = True
 
 
+class FinetuneConfig(Section):
+    """Optimisation settings shared by `rlvf sft`, `rlvf train-rm` and `rlvf dpo` (rlvf.finetune)."""
+
+    epochs: int = 1  # passes over the training examples (pairs for RM and DPO)
+    max_steps: int | None = None  # optimiser steps; none: `epochs` passes
+    batch_size: int = 16  # examples per optimiser step
+    micro_batch_size: int = 8  # examples per forward/backward (gradient accumulation up to batch_size)
+    lr: float = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "linear"
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    max_grad_norm: float = 1.0
+    max_length: int = 1024  # tokens of prompt + completion; a longer prompt loses its beginning
+    gradient_checkpointing: bool = False
+    eval_limit: int | None = 200  # held-out examples evaluated; none: all
+    eval_every: int = 0  # optimiser steps between held-out evaluations (0: only before and after)
+    output_dir: str = "runs/finetune"  # metrics.jsonl, results.json and the final HF model in final/
+    report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
+    progress: bool = True
+
+
+class SFTConfig(FinetuneConfig):
+    """`rlvf sft`: demonstrations from a `datasets` source (prompt/completion or chat `messages` columns), or
+    the [task]'s rows with `completion_template` filled from their columns."""
+
+    output_dir: str = "runs/sft"
+    dataset: str | None = None  # hub id, local directory, or a .jsonl/.json/.parquet/.csv file
+    dataset_config: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    train_split: str = "train"
+    eval_split: str | None = None  # none: hold out eval_fraction of the train split
+    eval_fraction: float = 0.1
+    columns: dict[str, str] = {}  # prompt / completion / messages -> dataset column
+    completion_template: str | None = None  # with the [task]'s rows, e.g. "The answer is \\boxed{{answer}}."
+    packing: bool = False  # several examples per row of a micro-batch (attention stays within each)
+    eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
+
+
+class RMConfig(FinetuneConfig):
+    """`rlvf train-rm`: a Bradley-Terry reward model on [preference] pairs, from the [model] checkpoint."""
+
+    output_dir: str = "runs/rm"
+    margin: float = 0.0  # loss -log sigmoid(r+ - r- - margin)
+    margin_column: str | None = None  # a per-pair margin from this column of the data (added to `margin`)
+
+
+class DPOConfig(FinetuneConfig):
+    """`rlvf dpo`: DPO (or IPO) on [preference] pairs; the reference log-probs are computed once, up front."""
+
+    output_dir: str = "runs/dpo"
+    lr: float = 1e-6
+    loss: Literal["sigmoid", "ipo"] = "sigmoid"
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # sigmoid loss only: the assumed fraction of flipped labels (cDPO)
+    reference: str | None = None  # the reference model; none: the policy's own weights before training
+    kl_prompts: int = 32  # held-out prompts sampled after training to estimate KL(policy || reference)
+    kl_max_new_tokens: int = 64
+    eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
+
+
+class PreferenceConfig(Section):
+    """Preference pairs for `rlvf train-rm` and `rlvf dpo`: any `datasets` source with prompt / chosen /
+    rejected (text or chat messages), e.g. a file written by `rlvf pairs`."""
+
+    dataset: str | None = None
+    dataset_config: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    train_split: str = "train"
+    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all pairs of a prompt together)
+    eval_fraction: float = 0.1
+    columns: dict[str, str] = {}  # prompt / chosen / rejected -> dataset column
+    limit: int | None = None  # training pairs; none: all
+
+
+class PairsConfig(Section):
+    """`rlvf pairs`: sample the [model] on the [task], pair a verified-correct completion (chosen) with an
+    incorrect one (rejected) of the same prompt."""
+
+    split: Literal["train", "eval"] = "train"
+    limit: int | None = 200  # prompts; none: the whole split
+    n: int = 8  # samples per prompt
+    pairs_per_prompt: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    batch_size: int = 64
+
+
 class Config(Section):
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -132,7 +286,13 @@ class Config(Section):
     sampling: SamplingConfig = SamplingConfig()
     eval: EvalConfig = EvalConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
+    critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
+    sft: SFTConfig = SFTConfig()
+    rm: RMConfig = RMConfig()
+    dpo: DPOConfig = DPOConfig()
+    preference: PreferenceConfig = PreferenceConfig()
+    pairs: PairsConfig = PairsConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -176,8 +336,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     config = _validate(schema, data, source)
     if overrides:
-        # Overrides apply to the validated file, so `reward.mix.math.weight=2` works on `math = 1.0` too.
-        data = apply_overrides(config.model_dump(), overrides)
+        # Overrides apply to the validated file, so `reward.mix.math.weight=2` works on `math = 1.0` too; keys the
+        # file did not set stay unset, so `algorithm.preset=ppo` sets what the preset sets.
+        data = apply_overrides(config.model_dump(exclude_unset=True), overrides)
         config = _validate(schema, data, source + " + command-line overrides")
     return config
 

@@ -10,7 +10,7 @@ from rlvf.config import EvalConfig
 from rlvf.errors import ConfigError
 from rlvf.modeling import encode_prompts
 from rlvf.rewards import MixResult, RewardMix
-from rlvf.sampling import HFSampler, Samples, SamplingParams
+from rlvf.sampling import HFSampler, Sampler, Samples, SamplingParams
 from rlvf.tasks import Task
 
 CORRECT = 1.0 - 1e-6  # an accuracy reward counts a sample correct at 1.0 (all tests passed, answer equal)
@@ -51,7 +51,9 @@ class EvalReport:
         return out | {f"reward/{name}": v for name, v in self.reward_means.items()}
 
 
-def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, seed: int = 0) -> EvalReport:
+def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, seed: int = 0,
+             sampler: Sampler | None = None) -> EvalReport:
+    """Sample the split's prompts with `sampler` (default: the HF sampler on `model`) and score them."""
     accuracy_reward = config.accuracy_reward or mix.names[0]
     if accuracy_reward not in mix.names:
         raise ConfigError(f"eval.accuracy_reward '{accuracy_reward}' is not in the reward mix ({', '.join(mix.names)})")
@@ -62,7 +64,7 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
         raise ConfigError(f"eval.n = {config.n} samples per prompt need eval.temperature > 0 (greedy repeats itself)")
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, n=config.n)
-    sampler = HFSampler(model, tokenizer, batch_size=config.batch_size)
+    sampler = sampler or HFSampler(model, tokenizer, batch_size=config.batch_size)
     samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
     expanded, result = score_samples(mix, rows, samples)
     correct = [(v or 0.0) >= CORRECT for v in result.per_reward[accuracy_reward]]

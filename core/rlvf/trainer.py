@@ -5,6 +5,9 @@ entry named in the config, so the loop below never changes when one is added. On
 
     prompts -> G completions each (token ids + sampling log-probs) -> reward mix -> advantages
             -> `epochs` passes of mini-batch updates (micro-batches accumulate gradients) -> metrics
+
+An estimator registered with `needs_values` (gae) gets a critic: its values are computed once per rollout,
+and it is trained alongside the policy on the estimator's returns with a VALUE_LOSSES entry.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import math
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,12 +26,13 @@ import torch
 
 from rlvf import algorithms
 from rlvf.config import Config
+from rlvf.critic import Critic, build_critic
 from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, evaluate, score_samples
 from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
 from rlvf.rewards import RewardMix, mix_from_config
-from rlvf.sampling import SamplingParams, make_sampler
+from rlvf.sampling import SamplingParams, sampler_from_config
 from rlvf.tasks import Task, task_from_config
 
 
@@ -44,6 +49,10 @@ class Rollout:
     group_ids: torch.Tensor  # [B]
     advantages: torch.Tensor | None = None  # [B, T]
     ref_logprobs: torch.Tensor | None = None  # [B, T]
+    values: torch.Tensor | None = None  # [B, T] the critic's values when the rollout was made (no grad)
+    sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when old_logprobs are recomputed
+    tis_weights: torch.Tensor | None = None  # [B, T] truncated importance weights (algorithm.tis_cap)
+    returns: torch.Tensor | None = None  # [B, T] the critic's targets
 
     def select(self, rows: torch.Tensor | list[int]) -> Rollout:
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -54,24 +63,22 @@ class Rollout:
         tokens = max(1, int((picked["completion_ids"] != -1).sum(-1).max()))
         picked["input_ids"], picked["attention_mask"] = picked["input_ids"][:, :width], \
             picked["attention_mask"][:, :width]
-        for name in ("completion_ids", "mask", "old_logprobs", "advantages", "ref_logprobs"):
+        for name in ("completion_ids", "mask", "old_logprobs", "advantages", "ref_logprobs", "values", "returns",
+                     "sampler_logprobs", "tis_weights"):
             if picked[name] is not None:
                 picked[name] = picked[name][:, :tokens]
         return Rollout(**picked)
 
 
-def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
-    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T] (and the
-    per-token entropy of the policy, without gradient, if asked).
+def completion_hidden_states(decoder, rollout: Rollout):
+    """Per group of the rollout: (its rows, the decoder's hidden states [rows, T, H] that predict its
+    completion tokens), i.e. position t holds the state before completion token t.
 
-    The G completions of a prompt share it, so each prompt runs through the model once and its KV cache is
-    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens. The LM
-    head (49k x 576 for SmolLM2) runs only on the hidden states that predict completion tokens.
+    The G completions of a prompt share it, so each prompt runs through the decoder once and its KV cache is
+    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens.
     """
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
     device = rollout.input_ids.device
     steps = rollout.completion_ids.shape[1]
-    rows_out, logprobs_out, entropy_out = [], [], []
     for group in torch.unique(rollout.group_ids).tolist():
         rows = (rollout.group_ids == group).nonzero().squeeze(1)
         start = int(rollout.completion_start[rows[0]])
@@ -87,19 +94,64 @@ def completion_logprobs(model, rollout: Rollout, temperature: float, with_entrop
             body = decoder(input_ids=tokens[:, :-1], attention_mask=attention, position_ids=positions,
                            past_key_values=cache).last_hidden_state
             hidden = torch.cat([hidden, body], dim=1)
+        yield rows, hidden
+
+
+def _in_row_order(rows: list[torch.Tensor], parts: list[torch.Tensor]) -> torch.Tensor:
+    order = torch.argsort(torch.cat(rows)).to(parts[0].device)  # back to the rollout's row order
+    return torch.cat(parts)[order]
+
+
+def completion_forward(model, rollout: Rollout, temperature: float, with_entropy: bool = False,
+                       value_head=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """(log-probs [B, T] of the completion tokens under `model` at the sampling temperature, the per-token
+    entropy of the policy without gradient if asked, and `value_head` applied to the same hidden states if
+    given: a critic sharing the policy's backbone). The LM head (49k x 576 for SmolLM2) runs only on the
+    hidden states that predict completion tokens."""
+    head = model.get_output_embeddings()
+    rows_out, logprobs_out, entropy_out, values_out = [], [], [], []
+    for rows, hidden in completion_hidden_states(model.get_decoder(), rollout):
+        tokens = rollout.completion_ids[rows.to(hidden.device)].clamp(min=0)
         log_probs = torch.log_softmax(head(hidden).float() / max(temperature, 1e-6), dim=-1)
         logprobs_out.append(log_probs.gather(-1, tokens[:, :, None]).squeeze(-1))
         if with_entropy:
             with torch.no_grad():
                 entropy_out.append(-(log_probs.exp() * log_probs).sum(-1))
+        if value_head is not None:
+            values_out.append(value_head(hidden))
         rows_out.append(rows)
-    order = torch.argsort(torch.cat(rows_out)).to(device)  # back to the rollout's row order
-    entropy = torch.cat(entropy_out)[order] if with_entropy else None
-    return torch.cat(logprobs_out)[order], entropy
+    entropy = _in_row_order(rows_out, entropy_out) if with_entropy else None
+    values = _in_row_order(rows_out, values_out) if value_head is not None else None
+    return _in_row_order(rows_out, logprobs_out), entropy, values
+
+
+def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
+    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T] (and the
+    per-token entropy of the policy, without gradient, if asked); see completion_forward."""
+    logprobs, entropy, _ = completion_forward(model, rollout, temperature, with_entropy)
+    return logprobs, entropy
+
+
+def completion_values(decoder, value_head, rollout: Rollout) -> torch.Tensor:
+    """`value_head` on `decoder`'s hidden states before each completion token: V [B, T]."""
+    rows_out, values_out = [], []
+    for rows, hidden in completion_hidden_states(decoder, rollout):
+        values_out.append(value_head(hidden))
+        rows_out.append(rows)
+    return _in_row_order(rows_out, values_out)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum().clamp(min=1))
+
+
+def _value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Mean value and return, and the explained variance 1 - Var(R - V) / Var(R) over the real tokens."""
+    selected = mask > 0
+    v, r = values[selected].float(), returns[selected].float()
+    explained = 1 - (r - v).var() / r.var() if len(r) > 1 and float(r.var()) > 0 else torch.tensor(float("nan"))
+    return {"critic/values_mean": float(v.mean()), "critic/returns_mean": float(r.mean()),
+            "critic/explained_variance": float(explained)}
 
 
 class Trainer:
@@ -122,11 +174,14 @@ class Trainer:
         self.reference = None
         if config.algorithm.beta > 0:
             self.reference = load_policy(config.model).model.eval().requires_grad_(False)
-        self.sampler = make_sampler(config.sampling.sampler, self.model, self.tokenizer,
-                                    batch_size=config.sampling.batch_size)
+        self.sampler = sampler_from_config(config.sampling, self.model, self.tokenizer, path=self.policy.path,
+                                           seed=config.seed)
+        if config.train.progress:
+            print(f"sampler: {self.sampler.description}", file=sys.stderr, flush=True)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay, betas=config.train.adam_betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self._build_critic()
         self.step = 0
         self.history: list[dict[str, float]] = []
         if resume:
@@ -136,6 +191,8 @@ class Trainer:
                               "train.output_dir to a new directory")
         self.logger = MetricsLogger(self.output_dir, config.train.report_to, resume_step=self.step,
                                     config=config.model_dump())
+        if self.step > 0:  # resumed: the sampler's engine (if it has its own) loaded the initial weights
+            self.sampler.sync_weights(self.model)
 
     # --- configuration checks and schedules ---
 
@@ -145,13 +202,30 @@ class Trainer:
                                a.policy_loss), (algorithms.LOSS_AGGREGATIONS, a.loss_aggregation),
                                (algorithms.KL_ESTIMATORS, a.kl_estimator)):
             registry.get_checked(name)
+        if algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[a.advantage], "needs_values"):
+            algorithms.VALUE_LOSSES.get_checked(self.config.critic.value_loss)
         t = self.config.train
         batch = t.prompts_per_step * t.group_size
         if t.mini_batch_size is not None and (t.mini_batch_size <= 0 or batch % t.mini_batch_size):
             raise ConfigError(f"train.mini_batch_size = {t.mini_batch_size} must divide the "
                               f"{batch} sequences of a step (prompts_per_step x group_size)")
-        if t.group_size < 2 and a.advantage == "grpo":
-            raise ConfigError("train.group_size must be >= 2 for group-relative advantages")
+        if t.group_size < 2 and algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[a.advantage], "needs_groups"):
+            raise ConfigError(f"train.group_size must be >= 2 for the group-relative advantages of '{a.advantage}'")
+
+    def _build_critic(self) -> None:
+        """A critic (value model) with its own AdamW and schedule, iff the advantage estimator needs values."""
+        self.critic: Critic | None = None
+        if not algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[self.config.algorithm.advantage], "needs_values"):
+            return
+        c, t = self.config.critic, self.config.train
+        self.critic = build_critic(c, self.model, vocab_size=len(self.tokenizer))
+        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=c.lr, weight_decay=t.weight_decay,
+                                                  betas=t.adam_betas)
+        self.critic_scheduler = torch.optim.lr_scheduler.LambdaLR(self.critic_optimizer, self._lr_factor)
+
+    def critic_values(self, rollout: Rollout) -> torch.Tensor:
+        """V [B, T] of the states before each completion token, from the critic's decoder (or the policy's)."""
+        return completion_values(self.critic.decoder(self.model), self.critic, rollout)
 
     def _optimizer_steps_per_step(self) -> int:
         t = self.config.train
@@ -222,6 +296,28 @@ class Trainer:
                  "completion/truncated": sum(samples.truncated) / len(lengths), "tokens/generated": sum(lengths)}
         return rollout, samples, stats
 
+    def recompute_old_logprobs(self, rollout: Rollout) -> dict[str, float]:
+        """Old log-probs from the trainer's own model for a sampler that computes them another way (vLLM), the
+        mismatch between the two, and truncated importance weights if algorithm.tis_cap is set."""
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            trainer, _ = completion_logprobs(self.model, rollout, self.config.sampling.temperature)
+        self.model.train(was_training)
+        real = rollout.completion_ids != -1
+        rollout.sampler_logprobs, rollout.old_logprobs = rollout.old_logprobs, trainer * real
+        log_ratio = rollout.old_logprobs - rollout.sampler_logprobs  # log pi_trainer / pi_sampler, 0 on padding
+        ratio = log_ratio.exp()
+        metrics = {"mismatch/kl": _masked_mean(ratio - 1 - log_ratio, real),  # k3 estimate of KL(sampler || trainer)
+                   "mismatch/ratio_mean": _masked_mean(ratio, real),
+                   "mismatch/ratio_max": float(ratio[real].max()) if bool(real.any()) else 1.0,
+                   "mismatch/ratio_min": float(ratio[real].min()) if bool(real.any()) else 1.0}
+        cap = self.config.algorithm.tis_cap
+        if cap is not None:
+            rollout.tis_weights = ratio.clamp(max=cap)
+            metrics["mismatch/tis_clipped"] = _masked_mean((ratio > cap).float(), real)
+        return metrics
+
     def score(self, rows, samples) -> tuple[torch.Tensor, dict[str, float]]:
         _, result = score_samples(self.mix, rows, samples)
         scores = torch.tensor([0.0 if v is None else v for v in result.total])
@@ -233,20 +329,32 @@ class Trainer:
     def compute_advantages(self, rollout: Rollout, scores: torch.Tensor) -> dict[str, float]:
         a = self.config.algorithm
         metrics: dict[str, float] = {}
-        token_kl = None
+        token_kl = kl_penalty = None
         if self.reference is not None:
             with torch.no_grad():  # no graph is kept, and completion_logprobs already goes group by group
                 rollout.ref_logprobs, _ = completion_logprobs(self.reference, rollout, self.config.sampling.temperature)
-            token_kl = algorithms.KL_ESTIMATORS[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs)
-            if a.kl_in == "reward":
-                scores = scores - a.beta * (token_kl * rollout.mask).sum(-1).cpu()
+            token_kl = algorithms.KL_ESTIMATORS[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs).cpu()
+            if a.kl_in == "reward":  # the estimator decides how (sequence_rewards() or token_rewards())
+                kl_penalty = a.beta * token_kl * rollout.mask.cpu()
+        if self.critic is not None:
+            with torch.no_grad():  # the values of the critic that saw the rollout: V_old of the value loss
+                rollout.values = self.critic_values(rollout)
         inputs = algorithms.AdvantageInputs(scores=scores, group_ids=rollout.group_ids, mask=rollout.mask.cpu(),
-                                            token_kl=None if token_kl is None else token_kl.cpu())
+                                            token_kl=token_kl, kl_penalty=kl_penalty,
+                                            values=None if rollout.values is None else rollout.values.cpu())
         estimator = algorithms.ADVANTAGE_ESTIMATORS[a.advantage]
-        rollout.advantages = algorithms.call_with_options(
-            estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'"
-        ).to(rollout.mask.device)
+        result = algorithms.call_with_options(
+            estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'")
+        if not isinstance(result, algorithms.Advantages):
+            result = algorithms.Advantages(advantages=result)
+        rollout.advantages = result.advantages.to(rollout.mask.device)
         metrics["advantage/abs_mean"] = _masked_mean(rollout.advantages.abs(), rollout.mask)
+        if self.critic is not None:
+            if result.returns is None:
+                raise ConfigError(f"advantage estimator '{a.advantage}' needs values but returns no returns "
+                                  "(algorithms.Advantages) for the critic to learn from")
+            rollout.returns = result.returns.to(rollout.mask.device)
+            metrics |= _value_metrics(rollout.values, rollout.returns, rollout.mask)
         return metrics
 
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -257,6 +365,9 @@ class Trainer:
         policy_loss = algorithms.POLICY_LOSSES[a.policy_loss]
         aggregate = algorithms.LOSS_AGGREGATIONS[a.loss_aggregation]
         kl_estimator = algorithms.KL_ESTIMATORS[a.kl_estimator]
+        c, critic = self.config.critic, self.critic
+        value_loss = algorithms.VALUE_LOSSES[c.value_loss] if critic is not None else None
+        shared_head = critic if critic is not None and critic.shares_policy else None
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -266,6 +377,8 @@ class Trainer:
 
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
         self.model.train()
+        if critic is not None:
+            critic.train()
         for epoch in range(t.epochs):
             order = torch.randperm(batch, generator=generator) if t.epochs > 1 or mini < batch else torch.arange(batch)
             for start in range(0, batch, mini):
@@ -278,17 +391,32 @@ class Trainer:
                 mini_batch_loss = 0.0
                 for micro_start in range(0, len(rows), t.micro_batch_size):
                     micro = part.select(by_group[micro_start: micro_start + t.micro_batch_size])
-                    logprobs, entropy = completion_logprobs(self.model, micro, self.config.sampling.temperature,
-                                                            with_entropy=epoch == 0)
+                    logprobs, entropy, values = completion_forward(self.model, micro, self.config.sampling.temperature,
+                                                                   with_entropy=epoch == 0, value_head=shared_head)
                     token_loss, loss_metrics = algorithms.call_with_options(
                         policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
                         options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
+                    if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
+                        token_loss = token_loss * micro.tis_weights
                     if self.reference is not None:
                         kl = kl_estimator(logprobs, micro.ref_logprobs)
                         if a.kl_in == "loss":
                             token_loss = token_loss + a.beta * kl
                         record("kl", _masked_mean(kl.detach(), micro.mask))
                     loss = aggregate(token_loss, micro.mask, totals)
+                    if critic is not None:
+                        if values is None:  # the critic has its own decoder
+                            values = self.critic_values(micro)
+                        value_token_loss, value_metrics = value_loss(values, micro.values, micro.returns, micro.mask,
+                                                                     clip=c.value_clip)
+                        critic_loss = aggregate(value_token_loss, micro.mask, totals)
+                        record("value_loss", critic_loss.detach())
+                        for name, value in value_metrics.items():
+                            record(name, value)
+                        if critic.shares_policy:  # one backward through the shared backbone
+                            loss = loss + c.vf_coef * critic_loss
+                        else:
+                            critic_loss.backward()
                     loss.backward()
                     mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
                     for name, value in loss_metrics.items():
@@ -302,6 +430,11 @@ class Trainer:
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if critic is not None:
+                    record("critic/grad_norm", torch.nn.utils.clip_grad_norm_(critic.parameters(), t.max_grad_norm))
+                    self.critic_optimizer.step()
+                    self.critic_scheduler.step()
+                    self.critic_optimizer.zero_grad(set_to_none=True)
         metrics = {name: sums[name] / counts[name] for name in sums}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
@@ -312,6 +445,10 @@ class Trainer:
         rows = self.prompts_for_step(self.step)
         rollout, samples, metrics = self.rollout(rows)
         timings["time/sampling"] = time.perf_counter() - begin
+        if not self.sampler.exact_logprobs:
+            mark = time.perf_counter()
+            metrics |= self.recompute_old_logprobs(rollout)
+            timings["time/old_logprobs"] = time.perf_counter() - mark
 
         mark = time.perf_counter()
         scores, reward_metrics = self.score(rows, samples)
@@ -328,6 +465,8 @@ class Trainer:
         if keep:
             metrics |= self.update(rollout if len(keep) == len(scores) else rollout.select(keep))
         timings["time/training"] = time.perf_counter() - mark
+        if keep:  # the next step samples from the updated policy
+            timings["time/weight_sync"] = self.sampler.sync_weights(self.model)
         timings["time/step"] = time.perf_counter() - begin
         metrics["tokens_per_second"] = metrics["tokens/generated"] / timings["time/step"]
         return metrics | timings
@@ -372,7 +511,11 @@ class Trainer:
         return results
 
     def evaluate(self) -> dict[str, float]:
-        report = evaluate(self.model, self.tokenizer, self.task, self.mix, self.config.eval, seed=self.config.seed)
+        # The HF sampler runs on the trainer's model with eval.batch_size; a vLLM engine is reused (its weights
+        # were synced after the last optimiser step).
+        sampler = None if self.sampler.exact_logprobs else self.sampler
+        report = evaluate(self.model, self.tokenizer, self.task, self.mix, self.config.eval, seed=self.config.seed,
+                          sampler=sampler)
         return report.summary()
 
     # --- checkpoints ---
@@ -391,7 +534,14 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
+            **({} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
+                                               "critic_scheduler": self.critic_scheduler.state_dict()}),
         }, staging / "trainer_state.pt")
+        if self.critic is not None:  # its own folder: the top level holds the policy's weights only
+            from safetensors.torch import save_model
+
+            (staging / "critic").mkdir()
+            save_model(self.critic, str(staging / "critic" / "critic.safetensors"))
         staging.rename(target)  # a checkpoint exists whole or not at all, even if the run is killed here
         for old in sorted(checkpoints.glob("step-*"))[: -self.config.train.keep_checkpoints]:
             shutil.rmtree(old)
@@ -413,6 +563,15 @@ class Trainer:
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.critic is not None:
+            from safetensors.torch import load_model
+
+            if not (latest / "critic" / "critic.safetensors").is_file() or "critic_optimizer" not in state:
+                raise ConfigError(f"checkpoint {latest} has no critic, but '{self.config.algorithm.advantage}' "
+                                  "needs one: it was written by a run of another algorithm")
+            load_model(self.critic, str(latest / "critic" / "critic.safetensors"))
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
         self.step = state["step"]

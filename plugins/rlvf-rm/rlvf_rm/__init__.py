@@ -1,0 +1,1 @@
+"""rlvf-rm: the `reward_model` reward (a learned reward model as an rlvf reward)."""
