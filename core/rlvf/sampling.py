@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from rlvf.errors import ConfigError
+
 
 @dataclass
 class SamplingParams:
@@ -329,8 +331,6 @@ def make_sampler(kind: str, model, tokenizer, *, path: str | None = None, batch_
         description = "hf" if kind == "hf" else f"hf ({missing})"
         return HFSampler(model, tokenizer, batch_size=batch_size, description=description)
     if missing:
-        from rlvf.errors import ConfigError
-
         raise ConfigError(f"sampling.sampler = 'vllm', but {missing}")
     return VLLMSampler(path or model.name_or_path, tokenizer, eos_ids=_eos_ids(model, tokenizer),
                        dtype=str(model.dtype).removeprefix("torch."), seed=seed, **vllm_options)
