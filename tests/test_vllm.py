@@ -71,6 +71,16 @@ def test_sampling_logprobs_equal_the_trainers_on_the_same_tokens(policy, engine,
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(300)
+def test_a_seeded_batch_larger_than_one_prefill_step(policy, engine):
+    """More prompt tokens than the engine prefills in one step (4096 here, as a GRPO step of 64 few-shot
+    prompts has): with chunked prefill this crashed on CPUs, whose seeded generators cannot rewind."""
+    prompts = [list(range(1000 + 50 * i, 1000 + 50 * i + 450)) for i in range(10)]
+    samples = engine.sample(prompts, SamplingParams(temperature=1.0, max_new_tokens=2, n=2), seed=0)
+    assert len(samples.completion_ids) == 20 and all(samples.completion_ids)
+
+
+@pytest.mark.vllm
 @pytest.mark.timeout(120)
 def test_greedy_and_stop_strings_agree_with_the_hf_sampler(policy, engine, prompt_ids):
     hf = HFSampler(policy.model, policy.tokenizer)

@@ -200,11 +200,12 @@ class VLLMSampler:
 
     def __init__(self, path: str, tokenizer, eos_ids: set[int], dtype: str = "auto", seed: int = 0,
                  kv_cache_gb: float | None = None, gpu_memory_utilization: float = 0.3,
-                 max_model_len: int | None = None, enforce_eager: bool | None = None):
+                 max_model_len: int | None = None, enforce_eager: bool | None = None, tensor_parallel_size: int = 1):
         self.tokenizer, self.eos_ids, self.path = tokenizer, set(eos_ids), path
         self.llm, self.description = _start_vllm(path, dtype=dtype, seed=seed, kv_cache_gb=kv_cache_gb,
                                                  gpu_memory_utilization=gpu_memory_utilization,
-                                                 max_model_len=max_model_len, enforce_eager=enforce_eager)
+                                                 max_model_len=max_model_len, enforce_eager=enforce_eager,
+                                                 tensor_parallel_size=tensor_parallel_size)
 
     def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
         from vllm import SamplingParams as VLLMParams
@@ -261,7 +262,7 @@ def _request_seeds(seed: int | None, count: int) -> list[int | None]:
 
 
 def _start_vllm(path: str, dtype: str, seed: int, kv_cache_gb: float | None, gpu_memory_utilization: float,
-                max_model_len: int | None, enforce_eager: bool | None):
+                max_model_len: int | None, enforce_eager: bool | None, tensor_parallel_size: int = 1):
     """A vLLM engine in this process, leaving the process as it found it (threads, RNG, LD_PRELOAD)."""
     # In-process engine: the trainer hands it tensors directly (in the multiprocess mode they are pickled).
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -280,10 +281,17 @@ def _start_vllm(path: str, dtype: str, seed: int, kv_cache_gb: float | None, gpu
         kv_cache_gb = 1.0  # on a CPU vLLM would otherwise size the cache from gpu_memory_utilization x RAM
     options: dict[str, Any] = dict(model=path, dtype=dtype, seed=seed, enforce_eager=enforce_eager,
                                    logprobs_mode="processed_logprobs", gpu_memory_utilization=gpu_memory_utilization)
+    if not cuda:
+        # A prompt prefilled in chunks makes vLLM rewind its per-request seeded generator by an offset, which
+        # CPU generators do not have (RuntimeError "CPU Generator does not use offset"): a step's batch of
+        # prompts larger than max_num_batched_tokens crashed. Unchunked, a prompt that does not fit waits.
+        options["enable_chunked_prefill"] = False
     if kv_cache_gb is not None:
         options["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
     if max_model_len is not None:
         options["max_model_len"] = max_model_len
+    if tensor_parallel_size > 1:  # the model split over that many GPUs (vLLM starts a worker process per GPU)
+        options["tensor_parallel_size"] = tensor_parallel_size
     # The CPU worker replaces torch.set_num_threads with a no-op for the whole process, seeds the global RNGs,
     # and adds its libraries to LD_PRELOAD (for processes it would spawn): undo all three for the trainer.
     set_num_threads, preload = torch.set_num_threads, os.environ.get("LD_PRELOAD")
@@ -339,7 +347,14 @@ def make_sampler(kind: str, model, tokenizer, *, path: str | None = None, batch_
 def sampler_from_config(config, model, tokenizer, *, path: str | None = None, seed: int = 0,
                         batch_size: int | None = None) -> Sampler:
     """make_sampler with the options of a [sampling] config section (rlvf.config.SamplingConfig)."""
+    if getattr(config, "vllm_server", None):
+        from rlvf.errors import ConfigError
+
+        raise ConfigError("sampling.vllm_server: sampling from a separate `vllm serve` with weight sync over its API "
+                          "is not implemented yet; leave it unset (the engine runs in the trainer's process, on "
+                          "sampling.vllm_tensor_parallel_size GPUs)")
     return make_sampler(config.sampler, model, tokenizer, path=path, seed=seed,
                         batch_size=batch_size or config.batch_size, kv_cache_gb=config.vllm_kv_cache_gb,
                         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
-                        max_model_len=config.vllm_max_model_len, enforce_eager=config.vllm_enforce_eager)
+                        max_model_len=config.vllm_max_model_len, enforce_eager=config.vllm_enforce_eager,
+                        tensor_parallel_size=config.vllm_tensor_parallel_size)
