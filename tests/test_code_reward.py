@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import gzip
 import importlib.resources
 import json
@@ -17,11 +19,32 @@ from rlvf_code.testcases import normalise_output, with_prompt
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
 
-@pytest.fixture(scope="module")
-def reward():
+class OnRay:
+    """The `code` reward built in a Ray actor (reward.executor = "ray"), called like the local one."""
+
+    def __init__(self, **options):
+        from rlvf.executors import RayReward
+
+        self.remote = RayReward(functools.partial(CodeReward, **options), name="code", num_cpus=0)
+
+    def __call__(self, prompts, completions, **columns):
+        return asyncio.run(self.remote(prompts, completions, **columns))
+
+    def pop_metrics(self):
+        return self.remote.pop_metrics()
+
+    def close(self):
+        self.remote.close()
+
+
+@pytest.fixture(scope="module", params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def reward(request):
+    """The reward as it runs in the trainer's process, and in a Ray actor with its own sandbox pool."""
     if shutil.which("bwrap") is None:
         pytest.skip("bubblewrap is not installed")
-    code_reward = CodeReward(timeout=2)
+    if request.param == "ray":
+        request.getfixturevalue("ray_cluster")
+    code_reward = CodeReward(timeout=2) if request.param == "local" else OnRay(timeout=2)
     yield code_reward
     code_reward.close()
 
@@ -114,12 +137,16 @@ def test_rows_without_tests_are_not_applicable_and_empty_code_scores_zero(reward
     assert reward(["p", "p"], ["x = 1", "```python\n```"], tests=[None, ["assert True"]]) == [None, 0.0]
 
 
-def test_missing_columns_are_named():
-    code_reward = CodeReward()
+@pytest.mark.parametrize("on", ["local", pytest.param("ray", marks=pytest.mark.ray)])
+def test_missing_columns_are_named(on, request):
+    if on == "ray":
+        request.getfixturevalue("ray_cluster")
+    code_reward = CodeReward() if on == "local" else OnRay()
     with pytest.raises(RewardError, match="'tests' column"):
         code_reward(["p"], ["x"], entry_point=["f"])
     with pytest.raises(RewardError, match="'entry_point'"):
         code_reward(["p"], ["x"], tests=["def check(candidate):\n    pass\n"])
+    code_reward.close()
 
 
 def test_plugin_registers_the_reward():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 
 import pytest
@@ -11,6 +12,32 @@ from rlvf.config import RewardConfig
 from rlvf.errors import RewardError
 from rlvf.plugins import get_registry
 from rlvf.rewards import MixEntry, RewardMix, RewardSpec, mix_from_config
+
+
+@pytest.fixture(autouse=True, params=["local", pytest.param("ray", marks=pytest.mark.ray)])
+def executor(request, monkeypatch):
+    """Every test here runs twice: with the rewards called in this process, and with each reward of every mix
+    moved into a Ray actor (reward.executor = "ray") on a local `ray start --head` cluster."""
+    if request.param == "local":
+        yield "local"
+        return
+    request.getfixturevalue("ray_cluster")
+    from rlvf.executors import RayReward
+
+    created: list[RayReward] = []
+    build_mix = RewardMix.__init__
+
+    def with_ray_actors(self, entries, *args, **kwargs):
+        moved = []
+        for entry in entries:
+            created.append(RayReward(lambda function=entry.function: function, name=entry.name, num_cpus=0))
+            moved.append(dataclasses.replace(entry, function=created[-1]))
+        build_mix(self, moved, *args, **kwargs)
+
+    monkeypatch.setattr(RewardMix, "__init__", with_ray_actors)
+    yield "ray"
+    for reward in created:
+        reward.close()
 
 
 def constant(values):

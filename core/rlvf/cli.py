@@ -204,6 +204,9 @@ def cmd_train(args) -> None:
     config = load_config(args.config, args.overrides)
     trainer = Trainer(config, _registry(), resume=args.resume)
     results = trainer.run()
+    trainer.dist.close()
+    if not trainer.dist.is_main:  # under torchrun, rank 0 reports
+        return
     before, after = results.get("before"), results["after"]
     rows = [[key, f"{before[key]:.4f}" if before and key in before else "-", f"{value:.4f}"]
             for key, value in after.items()]
@@ -249,6 +252,20 @@ def cmd_dpo(args) -> None:
     print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
           f"{results['eval_pairs']} pairs (rewards/*: implicit rewards beta * log pi/pi_ref)")
     _print_before_after(results, [f"final model: {results['final_model']}"])
+
+
+def cmd_train_judge(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.judge import run_train_judge
+
+    config = load_config(args.config, args.overrides)
+    results = run_train_judge(config, _registry())
+    for key, value in (results.get("generated") or {}).items():
+        print(f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}")
+    print(f"{results['train_rows']} training rows ({results['train_positive']} labelled 1), {results['steps']} "
+          f"optimiser steps; held-out: {results['eval_rows']} rows ({results['eval_positive']} labelled 1; auc: "
+          "p(yes) ranks a label-1 row above a label-0 row)")
+    _print_before_after(results, [f"judge: {results['final_model']}"])
 
 
 def cmd_pairs(args) -> None:
@@ -347,6 +364,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("dpo", cmd_dpo, "direct preference optimisation (DPO or IPO) on preference pairs")
     sub.add_argument("config", nargs="?", help="TOML config ([model], [preference], [dpo])")
     sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 dpo.loss=ipo")
+
+    sub = add("train-judge", cmd_train_judge, "train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows")
+    sub.add_argument("config", nargs="?", help="TOML config ([model], [judge]; [task] and [reward] to generate rows)")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. judge.lr=1e-5 judge.rows.n=8")
 
     sub = add("pairs", cmd_pairs, "sample a model on a task and write verified preference pairs (JSONL)")
     sub.add_argument("config", nargs="?", help="TOML config ([model], [task], [reward], [pairs])")

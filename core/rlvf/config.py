@@ -43,9 +43,20 @@ class RewardEntry(Section):
         return {"weight": value} if isinstance(value, (int, float)) and not isinstance(value, bool) else value
 
 
+class RayConfig(Section):
+    """Where `reward.executor = "ray"` runs the rewards (rlvf.executors): actors on a Ray cluster."""
+
+    address: str | None = None  # "host:port" of a running cluster (`ray start --head`); none: RAY_ADDRESS, else a
+    #                             local one started for the run
+    actors: int = 1  # actors per reward, spread over the cluster's nodes; a batch is split between them
+    num_cpus: float = 1.0  # CPUs each actor reserves (a `code` reward with workers = N: give it N)
+
+
 class RewardConfig(Section):
     aggregation: Literal["sum", "normalize_then_sum"] = "sum"
     mix: dict[str, RewardEntry] = {}  # empty: the task's default rewards
+    executor: Literal["local", "ray"] = "local"  # "ray": each reward runs in Ray actors ([reward.ray])
+    ray: RayConfig = RayConfig()
 
 
 class TaskConfig(Section):
@@ -81,6 +92,9 @@ class SamplingConfig(Section):
     vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int | None = None  # none: the model's
     vllm_enforce_eager: bool | None = None  # none: eager on a CPU (compiling takes minutes), CUDA graphs on a GPU
+    vllm_tensor_parallel_size: int = 1  # GPUs the engine splits the model over (vLLM's tensor_parallel_size)
+    # A separate `vllm serve` URL, its weights synced over its API: documented, not implemented (a ConfigError)
+    vllm_server: str | None = None
 
 
 class EvalConfig(Section):
@@ -187,6 +201,9 @@ class TrainConfig(Section):
     eval_before: bool = True
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
     progress: bool = True
+    # Under torchrun (rlvf.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
+    # rank samples and scores its share of the step's prompts. "none": one process.
+    parallel: Literal["none", "ddp", "fsdp"] = "none"
 
 
 class FinetuneConfig(Section):
@@ -278,6 +295,40 @@ class PairsConfig(Section):
     batch_size: int = 64
 
 
+
+class JudgeRowsConfig(EvalConfig):
+    """`rlvf train-judge` without `judge.dataset`: labelled rows sampled on the [task] and verified with the reward
+    mix (the accuracy reward decides: verified-correct = 1, incorrect = 0). The [eval] keys, other defaults."""
+
+    model: str | None = None  # the policy sampled; none: [model] (the judge being trained)
+    split: Literal["train", "eval"] = "train"
+    limit: int | None = 200  # prompts
+    n: int = 4  # samples per prompt
+    temperature: float = 1.0
+    max_new_tokens: int = 64
+
+
+class JudgeTrainConfig(FinetuneConfig):
+    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.judge)."""
+
+    output_dir: str = "runs/judge"
+    dataset: str | None = None  # prompt / response / label rows; none: generate them from the [task] (`rows`)
+    dataset_config: str | None = None
+    data_files: str | list[str] | dict[str, str | list[str]] | None = None
+    train_split: str = "train"
+    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all rows of a prompt together)
+    eval_fraction: float = 0.2
+    columns: dict[str, str] = {}  # prompt / response / label -> dataset column
+    limit: int | None = None  # training rows; none: all
+    rows: JudgeRowsConfig = JudgeRowsConfig()
+    # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.judge.DEFAULT_TEMPLATE
+    template: str | None = None
+    system_prompt: str | None = None
+    chat: bool | None = None  # through the tokenizer's chat template; none: if it has one
+    yes: list[str] = ["yes"]
+    no: list[str] = ["no"]
+    format_weight: float = 1.0  # weight of -log(p(yes) + p(no)) next to the binary loss (1: full-vocabulary CE)
+
 class Config(Section):
     seed: int = 0
     model: ModelConfig = ModelConfig()
@@ -293,6 +344,7 @@ class Config(Section):
     dpo: DPOConfig = DPOConfig()
     preference: PreferenceConfig = PreferenceConfig()
     pairs: PairsConfig = PairsConfig()
+    judge: JudgeTrainConfig = JudgeTrainConfig()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -289,6 +289,11 @@ def mix_from_config(config: RewardConfig, registry, default_rewards: dict[str, f
     entries = []
     for key, entry in mix.items():
         spec = registry.reward(entry.reward or key)
-        entries.append(MixEntry(name=key, function=spec.build(**entry.options), weight=entry.weight,
-                                on_error=entry.on_error))
+        if config.executor == "ray":  # built in Ray actors, called through a stand-in (rlvf.executors)
+            from rlvf.executors import RayReward
+
+            function = RayReward.from_spec(spec, entry.options, config.ray)
+        else:
+            function = spec.build(**entry.options)
+        entries.append(MixEntry(name=key, function=function, weight=entry.weight, on_error=entry.on_error))
     return RewardMix(entries, aggregation=config.aggregation)

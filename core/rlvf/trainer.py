@@ -27,11 +27,12 @@ import torch
 from rlvf import algorithms
 from rlvf.config import Config
 from rlvf.critic import Critic, build_critic
+from rlvf.distributed import init_distributed
 from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, evaluate, score_samples
 from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
-from rlvf.rewards import RewardMix, mix_from_config
+from rlvf.rewards import MixResult, RewardMix, mix_from_config
 from rlvf.sampling import SamplingParams, sampler_from_config
 from rlvf.tasks import Task, task_from_config
 
@@ -53,6 +54,15 @@ class Rollout:
     sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when old_logprobs are recomputed
     tis_weights: torch.Tensor | None = None  # [B, T] truncated importance weights (algorithm.tis_cap)
     returns: torch.Tensor | None = None  # [B, T] the critic's targets
+    padding: bool = False  # a stand-in without real rows (see stand_in)
+
+    def stand_in(self) -> Rollout:
+        """One row with an all-zero mask: it adds nothing to a loss or its gradient. A rank without rows of a
+        (mini/micro-)batch runs it so that its collective operations match the other ranks' (rlvf.distributed)."""
+        part = self.select([0])
+        part.mask = torch.zeros_like(part.mask)
+        part.padding = True
+        return part
 
     def select(self, rows: torch.Tensor | list[int]) -> Rollout:
         rows = torch.as_tensor(rows, dtype=torch.long)
@@ -141,6 +151,61 @@ def completion_values(decoder, value_head, rollout: Rollout) -> torch.Tensor:
     return _in_row_order(rows_out, values_out)
 
 
+class PolicyForward(torch.nn.Module):
+    """The policy's training forward pass (completion_forward) as one module call, with the value head of a
+    critic that shares its backbone: the module DDP or FSDP wraps, so that their hooks see every use of a weight."""
+
+    def __init__(self, policy, value_head: torch.nn.Module | None = None):
+        super().__init__()
+        self.policy = policy
+        self.value_head = value_head
+
+    def forward(self, rollout: Rollout, temperature: float, with_entropy: bool = False):
+        return completion_forward(self.policy, rollout, temperature, with_entropy, value_head=self.value_head)
+
+
+class ValueForward(torch.nn.Module):
+    """A critic with a decoder of its own, V [B, T] (completion_values) as one module call (for DDP)."""
+
+    def __init__(self, critic: Critic):
+        super().__init__()
+        self.critic = critic
+
+    def forward(self, rollout: Rollout) -> torch.Tensor:
+        return completion_values(self.critic.backbone, self.critic, rollout)
+
+
+def _merge_results(results: list[MixResult]) -> MixResult:
+    """The reward results of every rank as one batch's (rank order); a reward's own metrics are averaged."""
+    metrics: dict[str, dict[str, float]] = {}
+    for result in results:
+        for name, values in result.reward_metrics.items():
+            for key, value in values.items():
+                metrics.setdefault(name, {})[key] = metrics.get(name, {}).get(key, 0.0) + value / len(results)
+    failures: dict[str, int] = {}
+    for result in results:
+        for name, count in result.failures.items():
+            failures[name] = failures.get(name, 0) + count
+    per_reward = {name: [v for r in results for v in r.per_reward[name]] for name in results[0].per_reward}
+    return MixResult(total=[v for r in results for v in r.total], per_reward=per_reward, failures=failures,
+                     reward_metrics=metrics)
+
+
+def _scalar(value) -> float:
+    """A float of a tensor, also of a DTensor (FSDP's gradient norm)."""
+    return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+class _NoLogger:
+    """Ranks other than 0 log nothing."""
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum().clamp(min=1))
 
@@ -157,6 +222,7 @@ def _value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tens
 class Trainer:
     def __init__(self, config: Config, registry, resume: bool = False):
         self.config = config
+        self.dist = init_distributed(config.train.parallel)  # one process, or a rank of a torchrun launch
         self.task: Task = task_from_config(config.task, registry)
         self.mix: RewardMix = mix_from_config(config.reward, registry, self.task.default_rewards)
         self.accuracy_reward = config.eval.accuracy_reward or self.mix.names[0]
@@ -165,6 +231,7 @@ class Trainer:
         if not self.train_rows:
             raise ConfigError(f"task '{self.task.name}' has no training rows")
         self._check_algorithm()
+        self._check_parallel()
 
         torch.manual_seed(config.seed)
         self.policy = load_policy(config.model)
@@ -176,12 +243,23 @@ class Trainer:
             self.reference = load_policy(config.model).model.eval().requires_grad_(False)
         self.sampler = sampler_from_config(config.sampling, self.model, self.tokenizer, path=self.policy.path,
                                            seed=config.seed)
-        if config.train.progress:
+        if config.train.progress and self.dist.is_main:
             print(f"sampler: {self.sampler.description}", file=sys.stderr, flush=True)
+        if self.dist.fsdp and self.sampler.name != "hf":
+            raise ConfigError("train.parallel = 'fsdp' samples with the HF sampler only: set sampling.sampler = 'hf' "
+                              "(or use train.parallel = 'ddp')")
+        self._build_critic()
+        # The modules whose forward passes train: as they are on one process, under DDP, or sharded by FSDP2 (the
+        # decoder layers as units), which is why the optimizer is built after them.
+        shared_head = self.critic if self.critic is not None and self.critic.shares_policy else None
+        self.policy_forward = self.dist.wrap(PolicyForward(self.model, shared_head),
+                                             shard_layers=list(getattr(self.model.get_decoder(), "layers", [])))
+        self.value_forward = None
+        if self.critic is not None and not self.critic.shares_policy:
+            self.value_forward = self.dist.wrap(ValueForward(self.critic))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
                                            weight_decay=config.train.weight_decay, betas=config.train.adam_betas)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
-        self._build_critic()
         self.step = 0
         self.history: list[dict[str, float]] = []
         if resume:
@@ -189,8 +267,9 @@ class Trainer:
         elif self.output_dir.exists() and any(self.output_dir.iterdir()):
             raise ConfigError(f"{self.output_dir} already holds a run: resume it with --resume, or set "
                               "train.output_dir to a new directory")
+        self.dist.barrier()  # every rank looked at the output directory before rank 0 writes to it
         self.logger = MetricsLogger(self.output_dir, config.train.report_to, resume_step=self.step,
-                                    config=config.model_dump())
+                                    config=config.model_dump()) if self.dist.is_main else _NoLogger()
         if self.step > 0:  # resumed: the sampler's engine (if it has its own) loaded the initial weights
             self.sampler.sync_weights(self.model)
 
@@ -211,6 +290,16 @@ class Trainer:
                               f"{batch} sequences of a step (prompts_per_step x group_size)")
         if t.group_size < 2 and algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[a.advantage], "needs_groups"):
             raise ConfigError(f"train.group_size must be >= 2 for the group-relative advantages of '{a.advantage}'")
+
+    def _check_parallel(self) -> None:
+        t, world = self.config.train, self.dist.world_size
+        if t.prompts_per_step % world:
+            raise ConfigError(f"train.prompts_per_step = {t.prompts_per_step} must be divisible by the {world} ranks "
+                              "(each samples and scores an equal share of a step's prompts)")
+        if self.dist.fsdp and algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[self.config.algorithm.advantage],
+                                                  "needs_values"):
+            raise ConfigError(f"train.parallel = 'fsdp' with a critic ('{self.config.algorithm.advantage}') is not "
+                              "supported: use train.parallel = 'ddp'")
 
     def _build_critic(self) -> None:
         """A critic (value model) with its own AdamW and schedule, iff the advantage estimator needs values."""
@@ -272,7 +361,9 @@ class Trainer:
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                 n=t.group_size, stop=s.stop)
         prompt_ids = encode_prompts(self.tokenizer, [r["prompt"] for r in rows])
-        samples = self.sampler.sample(prompt_ids, params, seed=self.config.seed * 1_000_003 + self.step)
+        seed = self.config.seed * 1_000_003 + self.step + 7_919_000_003 * self.dist.rank  # ranks sample apart
+        with self.dist.full_weights(self.policy_forward):
+            samples = self.sampler.sample(prompt_ids, params, seed=seed)
         pad = self.tokenizer.pad_token_id
         sequences = [prompt_ids[samples.prompt_index(i)] + ids for i, ids in enumerate(samples.completion_ids)]
         width, tokens = max(map(len, sequences)), max(1, max(map(len, samples.completion_ids)))
@@ -289,11 +380,16 @@ class Trainer:
                                           device=self.policy.device),
             completion_ids=completion_ids.to(self.policy.device), mask=mask.to(self.policy.device),
             old_logprobs=old.to(self.policy.device),
-            group_ids=torch.tensor([samples.prompt_index(i) for i in range(len(sequences))]),
+            # numbered across ranks (rank r holds prompts r * len(rows) ...), as in a single process
+            group_ids=torch.tensor([samples.prompt_index(i) + self.dist.rank * len(rows)
+                                    for i in range(len(sequences))]),
         )
-        lengths = [len(ids) for ids in samples.completion_ids]
+        lengths, truncated = [len(ids) for ids in samples.completion_ids], list(samples.truncated)
+        if self.dist.enabled:  # statistics of the whole step
+            gathered = self.dist.gather_objects((lengths, truncated))
+            lengths, truncated = [n for part in gathered for n in part[0]], [f for part in gathered for f in part[1]]
         stats = {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
-                 "completion/truncated": sum(samples.truncated) / len(lengths), "tokens/generated": sum(lengths)}
+                 "completion/truncated": sum(truncated) / len(lengths), "tokens/generated": sum(lengths)}
         return rollout, samples, stats
 
     def recompute_old_logprobs(self, rollout: Rollout) -> dict[str, float]:
@@ -301,26 +397,32 @@ class Trainer:
         mismatch between the two, and truncated importance weights if algorithm.tis_cap is set."""
         was_training = self.model.training
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self.dist.full_weights(self.policy_forward):
             trainer, _ = completion_logprobs(self.model, rollout, self.config.sampling.temperature)
         self.model.train(was_training)
         real = rollout.completion_ids != -1
         rollout.sampler_logprobs, rollout.old_logprobs = rollout.old_logprobs, trainer * real
         log_ratio = rollout.old_logprobs - rollout.sampler_logprobs  # log pi_trainer / pi_sampler, 0 on padding
         ratio = log_ratio.exp()
+        cap = self.config.algorithm.tis_cap
+        if cap is not None:
+            rollout.tis_weights = ratio.clamp(max=cap)
+        # the metrics over the whole step's batch (every rank's rows under torchrun)
+        log_ratio, real = self.dist.gather_rows(log_ratio), self.dist.gather_rows(real.float()) > 0
+        ratio = log_ratio.exp()
         metrics = {"mismatch/kl": _masked_mean(ratio - 1 - log_ratio, real),  # k3 estimate of KL(sampler || trainer)
                    "mismatch/ratio_mean": _masked_mean(ratio, real),
                    "mismatch/ratio_max": float(ratio[real].max()) if bool(real.any()) else 1.0,
                    "mismatch/ratio_min": float(ratio[real].min()) if bool(real.any()) else 1.0}
-        cap = self.config.algorithm.tis_cap
         if cap is not None:
-            rollout.tis_weights = ratio.clamp(max=cap)
             metrics["mismatch/tis_clipped"] = _masked_mean((ratio > cap).float(), real)
         return metrics
 
     def score(self, rows, samples) -> tuple[torch.Tensor, dict[str, float]]:
         _, result = score_samples(self.mix, rows, samples)
         scores = torch.tensor([0.0 if v is None else v for v in result.total])
+        if self.dist.enabled:  # metrics of the whole step's batch
+            result = _merge_results(self.dist.gather_objects(result))
         metrics = result.metrics()
         correct = [(v or 0.0) >= CORRECT for v in result.per_reward[self.accuracy_reward]]
         metrics["accuracy"] = sum(correct) / len(correct)
@@ -342,32 +444,43 @@ class Trainer:
         inputs = algorithms.AdvantageInputs(scores=scores, group_ids=rollout.group_ids, mask=rollout.mask.cpu(),
                                             token_kl=token_kl, kl_penalty=kl_penalty,
                                             values=None if rollout.values is None else rollout.values.cpu())
+        rows, width = rollout.mask.shape
+        if self.dist.enabled:  # the estimator sees the whole step's batch, as in one process; each rank keeps its rows
+            inputs = algorithms.AdvantageInputs(**{name: self.dist.gather_rows(value)
+                                                   for name, value in vars(inputs).items()})
         estimator = algorithms.ADVANTAGE_ESTIMATORS[a.advantage]
         result = algorithms.call_with_options(
             estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'")
         if not isinstance(result, algorithms.Advantages):
             result = algorithms.Advantages(advantages=result)
-        rollout.advantages = result.advantages.to(rollout.mask.device)
-        metrics["advantage/abs_mean"] = _masked_mean(rollout.advantages.abs(), rollout.mask)
+        rollout.advantages = self.dist.own_rows(result.advantages, rows, width).to(rollout.mask.device)
+        metrics["advantage/abs_mean"] = _masked_mean(result.advantages.abs(), inputs.mask)
         if self.critic is not None:
             if result.returns is None:
                 raise ConfigError(f"advantage estimator '{a.advantage}' needs values but returns no returns "
                                   "(algorithms.Advantages) for the critic to learn from")
-            rollout.returns = result.returns.to(rollout.mask.device)
-            metrics |= _value_metrics(rollout.values, rollout.returns, rollout.mask)
+            rollout.returns = self.dist.own_rows(result.returns, rows, width).to(rollout.mask.device)
+            metrics |= _value_metrics(inputs.values, result.returns, inputs.mask)
         return metrics
 
     def update(self, rollout: Rollout) -> dict[str, float]:
-        """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate."""
-        t, a = self.config.train, self.config.algorithm
-        batch = rollout.input_ids.shape[0]
-        mini = t.mini_batch_size or batch
+        """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate.
+
+        Under torchrun each rank holds its share of the step's rows: an optimiser step takes every rank's share of
+        a mini-batch, the loss normalisers count the whole mini-batch, and each rank's loss is scaled by the world
+        size (DDP and FSDP average gradients). Ranks run as many micro-batches each, a rank short of rows running
+        stand-ins that add nothing (Rollout.stand_in), so that their collective operations match.
+        """
+        t, a, dist = self.config.train, self.config.algorithm, self.dist
+        batch = 0 if rollout.padding else rollout.input_ids.shape[0]
+        global_batch = dist.sum(batch)
+        mini = t.mini_batch_size or global_batch
         policy_loss = algorithms.POLICY_LOSSES[a.policy_loss]
         aggregate = algorithms.LOSS_AGGREGATIONS[a.loss_aggregation]
         kl_estimator = algorithms.KL_ESTIMATORS[a.kl_estimator]
         c, critic = self.config.critic, self.critic
         value_loss = algorithms.VALUE_LOSSES[c.value_loss] if critic is not None else None
-        shared_head = critic if critic is not None and critic.shares_policy else None
+        wrapped = [m for m in (self.policy_forward, self.value_forward) if m is not None]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
 
@@ -380,45 +493,59 @@ class Trainer:
         if critic is not None:
             critic.train()
         for epoch in range(t.epochs):
-            order = torch.randperm(batch, generator=generator) if t.epochs > 1 or mini < batch else torch.arange(batch)
-            for start in range(0, batch, mini):
-                rows = order[start: start + mini]
-                part = rollout.select(rows)
-                totals = algorithms.BatchTotals(sequences=len(rows), tokens=int(part.mask.sum()),
+            order = (torch.randperm(batch, generator=generator) if t.epochs > 1 or mini < global_batch
+                     else torch.arange(batch))
+            if dist.enabled:  # this rank's share of each mini-batch
+                chunks = list(torch.tensor_split(order, math.ceil(global_batch / mini)))
+            else:
+                chunks = [order[start: start + mini] for start in range(0, batch, mini)]
+            for rows in chunks:
+                part = rollout.select(rows) if len(rows) else rollout.stand_in()
+                totals = algorithms.BatchTotals(sequences=dist.sum(len(rows)), tokens=dist.sum(int(part.mask.sum())),
                                                 max_tokens=self.config.sampling.max_new_tokens)
                 # A group's completions kept together: its prompt then runs once per micro-batch.
                 by_group = torch.argsort(part.group_ids, stable=True)
+                starts = list(range(0, len(rows), t.micro_batch_size))
+                micro_batches = int(dist.max(len(starts))) if dist.enabled else len(starts)
                 mini_batch_loss = 0.0
-                for micro_start in range(0, len(rows), t.micro_batch_size):
-                    micro = part.select(by_group[micro_start: micro_start + t.micro_batch_size])
-                    logprobs, entropy, values = completion_forward(self.model, micro, self.config.sampling.temperature,
-                                                                   with_entropy=epoch == 0, value_head=shared_head)
-                    token_loss, loss_metrics = algorithms.call_with_options(
-                        policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
-                        options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
-                    if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
-                        token_loss = token_loss * micro.tis_weights
-                    if self.reference is not None:
-                        kl = kl_estimator(logprobs, micro.ref_logprobs)
-                        if a.kl_in == "loss":
-                            token_loss = token_loss + a.beta * kl
-                        record("kl", _masked_mean(kl.detach(), micro.mask))
-                    loss = aggregate(token_loss, micro.mask, totals)
-                    if critic is not None:
-                        if values is None:  # the critic has its own decoder
-                            values = self.critic_values(micro)
-                        value_token_loss, value_metrics = value_loss(values, micro.values, micro.returns, micro.mask,
-                                                                     clip=c.value_clip)
-                        critic_loss = aggregate(value_token_loss, micro.mask, totals)
-                        record("value_loss", critic_loss.detach())
-                        for name, value in value_metrics.items():
-                            record(name, value)
-                        if critic.shares_policy:  # one backward through the shared backbone
-                            loss = loss + c.vf_coef * critic_loss
-                        else:
-                            critic_loss.backward()
-                    loss.backward()
+                for index in range(micro_batches):
+                    real = index < len(starts)
+                    micro = (part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real
+                             else part.stand_in())
+                    # gradients are reduced over the ranks once per mini-batch, in the backward of its last micro-batch
+                    with dist.accumulating(wrapped, sync=index == micro_batches - 1):
+                        logprobs, entropy, values = self.policy_forward(micro, self.config.sampling.temperature,
+                                                                        with_entropy=epoch == 0)
+                        token_loss, loss_metrics = algorithms.call_with_options(
+                            policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
+                            options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
+                        if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
+                            token_loss = token_loss * micro.tis_weights
+                        if self.reference is not None:
+                            kl = kl_estimator(logprobs, micro.ref_logprobs)
+                            if a.kl_in == "loss":
+                                token_loss = token_loss + a.beta * kl
+                            if real:
+                                record("kl", _masked_mean(kl.detach(), micro.mask))
+                        loss = aggregate(token_loss, micro.mask, totals)
+                        if critic is not None:
+                            if values is None:  # the critic has its own decoder
+                                values = self.value_forward(micro)
+                            value_token_loss, value_metrics = value_loss(values, micro.values, micro.returns,
+                                                                         micro.mask, clip=c.value_clip)
+                            critic_loss = aggregate(value_token_loss, micro.mask, totals)
+                            if real:
+                                record("value_loss", critic_loss.detach())
+                                for name, value in value_metrics.items():
+                                    record(name, value)
+                            if critic.shares_policy:  # one backward through the shared backbone
+                                loss = loss + c.vf_coef * critic_loss
+                            else:
+                                (critic_loss * dist.world_size).backward()
+                        (loss * dist.world_size).backward()  # DDP and FSDP average over ranks: the sum is wanted
                     mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
+                    if not real:
+                        continue
                     for name, value in loss_metrics.items():
                         record(name, value)
                     if entropy is not None:
@@ -426,7 +553,7 @@ class Trainer:
                     ratio = torch.exp(logprobs.detach() - micro.old_logprobs)
                     record("ratio/mean", _masked_mean(ratio, micro.mask))
                 record("loss", mini_batch_loss)
-                record("grad_norm", torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))
+                record("grad_norm", _scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)))
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -435,6 +562,12 @@ class Trainer:
                     self.critic_optimizer.step()
                     self.critic_scheduler.step()
                     self.critic_optimizer.zero_grad(set_to_none=True)
+        if dist.enabled:  # every rank's records; a loss is the sum of the ranks' parts (one record each per step)
+            gathered = dist.gather_objects((sums, counts))
+            sums = {name: sum(s.get(name, 0.0) for s, _ in gathered) for name in sorted({n for s, _ in gathered
+                                                                                        for n in s})}
+            counts = {name: sum(c.get(name, 0) for _, c in gathered) // (dist.world_size if name == "loss" else 1)
+                      for name in sums}
         metrics = {name: sums[name] / counts[name] for name in sums}
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
@@ -443,6 +576,8 @@ class Trainer:
         timings: dict[str, float] = {}
         begin = time.perf_counter()
         rows = self.prompts_for_step(self.step)
+        share = len(rows) // self.dist.world_size
+        rows = rows[self.dist.rank * share: (self.dist.rank + 1) * share]  # this rank's prompts (all, on one)
         rollout, samples, metrics = self.rollout(rows)
         timings["time/sampling"] = time.perf_counter() - begin
         if not self.sampler.exact_logprobs:
@@ -459,13 +594,17 @@ class Trainer:
         metrics |= self.compute_advantages(rollout, scores)
         keep = list(range(len(scores)))
         if self.config.train.dynamic_sampling:
-            _, _, constant = algorithms._group_stats(scores, rollout.group_ids)
+            all_scores, all_groups = self.dist.gather_rows(scores), self.dist.gather_rows(rollout.group_ids)
+            _, _, constant = algorithms._group_stats(all_scores, all_groups)
+            constant = self.dist.own_rows(constant, len(scores))
             keep = [i for i in keep if not constant[i]]
-            metrics["dynamic_sampling/kept"] = len(keep) / len(scores)
-        if keep:
-            metrics |= self.update(rollout if len(keep) == len(scores) else rollout.select(keep))
+            metrics["dynamic_sampling/kept"] = self.dist.sum(len(keep)) / len(all_scores)
+        kept = self.dist.sum(len(keep))  # over all ranks: a rank left without rows still takes part in the update
+        if kept:
+            metrics |= self.update(rollout if len(keep) == len(scores) else
+                                   rollout.select(keep) if keep else rollout.stand_in())
         timings["time/training"] = time.perf_counter() - mark
-        if keep:  # the next step samples from the updated policy
+        if kept:  # the next step samples from the updated policy
             timings["time/weight_sync"] = self.sampler.sync_weights(self.model)
         timings["time/step"] = time.perf_counter() - begin
         metrics["tokens_per_second"] = metrics["tokens/generated"] / timings["time/step"]
@@ -488,7 +627,7 @@ class Trainer:
                       if r["step"] == 0 and any(k.startswith("eval/") for k in r)]
             if logged:
                 results["before"] = {k.removeprefix("eval/"): v for k, v in logged[0].items() if k != "step"}
-        progress = _progress(t.steps, self.step, enabled=t.progress)
+        progress = _progress(t.steps, self.step, enabled=t.progress and self.dist.is_main)
         while self.step < t.steps:
             metrics = self.train_step()
             self.step += 1
@@ -503,35 +642,60 @@ class Trainer:
         results["after"] = self.evaluate()
         self.logger.log(self.step, {f"eval/{k}": v for k, v in results["after"].items()})
         final = self.output_dir / "final"
-        self.model.save_pretrained(final)
-        self.tokenizer.save_pretrained(final)
+        self._save_policy(final)
         self.logger.close()
         results["final_model"] = str(final)
-        results_file.write_text(json.dumps(results, indent=2))
+        if self.dist.is_main:
+            results_file.write_text(json.dumps(results, indent=2))
+        self.dist.barrier()
         return results
 
     def evaluate(self) -> dict[str, float]:
         # The HF sampler runs on the trainer's model with eval.batch_size; a vLLM engine is reused (its weights
-        # were synced after the last optimiser step).
+        # were synced after the last optimiser step). Under torchrun, rank 0 evaluates and tells the others.
         sampler = None if self.sampler.exact_logprobs else self.sampler
-        report = evaluate(self.model, self.tokenizer, self.task, self.mix, self.config.eval, seed=self.config.seed,
-                          sampler=sampler)
-        return report.summary()
+        summary = None
+        with self.dist.full_weights(self.policy_forward):
+            if self.dist.is_main:
+                summary = evaluate(self.model, self.tokenizer, self.task, self.mix, self.config.eval,
+                                   seed=self.config.seed, sampler=sampler).summary()
+        return self.dist.gather_objects(summary)[0]
 
     # --- checkpoints ---
 
+    def _parameter_names(self) -> list[str]:
+        return [name for name, _ in self.model.named_parameters()]  # the optimizer's order
+
+    def _save_policy(self, directory: Path) -> None:
+        """The policy's full weights and tokenizer as a HF directory, written by rank 0 (all ranks call this)."""
+        full = self.dist.full_state(self.policy_forward, prefix="policy.")  # FSDP: gathered from the shards
+        if not self.dist.is_main:
+            return
+        if full is not None:  # the model's own keys (a tied LM head is saved once, as save_pretrained does)
+            own = set(self._parameter_names()) | {name for name, _ in self.model.named_buffers()}
+            full = {key: value for key, value in full.items() if key in own}
+        self.model.save_pretrained(directory, **({} if full is None else {"state_dict": full}))
+        self.tokenizer.save_pretrained(directory)
+
     def save_checkpoint(self) -> Path:
+        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it."""
         checkpoints = self.output_dir / "checkpoints"
         target = checkpoints / f"step-{self.step:06d}"
         staging = checkpoints / f".writing-{self.step:06d}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        self.model.save_pretrained(staging)
-        self.tokenizer.save_pretrained(staging)
+        optimizer_state = (self.dist.full_optimizer_state(self.policy_forward, self.optimizer, self._parameter_names(),
+                                                          prefix="policy.")
+                           if self.dist.fsdp else self.optimizer.state_dict())
+        if self.dist.is_main:
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir(parents=True)
+        self._save_policy(staging)
+        if not self.dist.is_main:
+            self.dist.barrier()  # rank 0 writes the rest
+            return target
         torch.save({
             "step": self.step,
             "data_position": self.step * self.config.train.prompts_per_step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
             **({} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
@@ -545,6 +709,7 @@ class Trainer:
         staging.rename(target)  # a checkpoint exists whole or not at all, even if the run is killed here
         for old in sorted(checkpoints.glob("step-*"))[: -self.config.train.keep_checkpoints]:
             shutil.rmtree(old)
+        self.dist.barrier()
         return target
 
     def _load_checkpoint(self) -> None:
@@ -557,11 +722,23 @@ class Trainer:
         weights = {}
         for shard in sorted(latest.glob("*.safetensors")):
             weights |= load_file(shard)
-        missing, unexpected = self.model.load_state_dict(weights, strict=False)
-        if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
-            raise ConfigError(f"checkpoint {latest} does not fit the model: missing {missing}, unexpected {unexpected}")
+        if self.dist.fsdp:  # every rank reads the full weights and keeps its shards
+            own = set(self._parameter_names())
+            if [k for k in own if k not in weights and "lm_head" not in k]:
+                raise ConfigError(f"checkpoint {latest} does not fit the model: missing "
+                                  f"{sorted(k for k in own if k not in weights)}")
+            self.dist.load_full_state(self.policy_forward, weights, prefix="policy.")
+        else:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
+                raise ConfigError(f"checkpoint {latest} does not fit the model: missing {missing}, "
+                                  f"unexpected {unexpected}")
         state = torch.load(latest / "trainer_state.pt", weights_only=False)
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.dist.fsdp:
+            self.dist.load_full_optimizer_state(self.policy_forward, self.optimizer, state["optimizer"],
+                                                self._parameter_names(), prefix="policy.")
+        else:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
             from safetensors.torch import load_model
