@@ -267,18 +267,22 @@ class DPOConfig(FinetuneConfig):
     eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
 
 
-class PreferenceConfig(Section):
-    """Preference pairs for `rlvf train-rm` and `rlvf dpo`: any `datasets` source with prompt / chosen /
-    rejected (text or chat messages), e.g. a file written by `rlvf pairs`."""
+class DatasetSource(Section):
+    """A `datasets` source of training rows: hub id, local directory or file, with a held-out split."""
 
     dataset: str | None = None
     dataset_config: str | None = None
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     train_split: str = "train"
-    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all pairs of a prompt together)
+    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all rows of a prompt together)
     eval_fraction: float = 0.1
-    columns: dict[str, str] = {}  # prompt / chosen / rejected -> dataset column
-    limit: int | None = None  # training pairs; none: all
+    columns: dict[str, str] = {}  # the rows' keys -> dataset column
+    limit: int | None = None  # training rows; none: all
+
+
+class PreferenceConfig(DatasetSource):
+    """Preference pairs for `rlvf train-rm` and `rlvf dpo`: any `datasets` source with prompt / chosen /
+    rejected (text or chat messages), e.g. a file written by `rlvf pairs`."""
 
 
 class PairsConfig(Section):
@@ -308,18 +312,12 @@ class JudgeRowsConfig(EvalConfig):
     max_new_tokens: int = 64
 
 
-class JudgeTrainConfig(FinetuneConfig):
-    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.judge)."""
+class JudgeTrainConfig(FinetuneConfig, DatasetSource):
+    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.judge).
+    `dataset`: prompt / response / label rows; none: generate them from the [task] (`rows`)."""
 
     output_dir: str = "runs/judge"
-    dataset: str | None = None  # prompt / response / label rows; none: generate them from the [task] (`rows`)
-    dataset_config: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    train_split: str = "train"
-    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all rows of a prompt together)
     eval_fraction: float = 0.2
-    columns: dict[str, str] = {}  # prompt / response / label -> dataset column
-    limit: int | None = None  # training rows; none: all
     rows: JudgeRowsConfig = JudgeRowsConfig()
     # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.judge.DEFAULT_TEMPLATE
     template: str | None = None
