@@ -39,6 +39,20 @@ def write_distribution(site: Path, dist_name: str, module_name: str, module_sour
     (info / "entry_points.txt").write_text(f"[rlvf]\n{lines}\n")
 
 
+# A reward plugin for toy tasks: 1.0 when the completion contains a digit (a tiny model learns it quickly).
+HAS_DIGIT_PLUGIN = """
+from rlvf import hookimpl
+
+def has_digit(prompts, completions, **columns):
+    '''1.0 if the completion contains a digit.'''
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+
+@hookimpl
+def register_rewards(register):
+    register(has_digit)
+"""
+
+
 @pytest.fixture
 def site(tmp_path):
     """A directory for extra distributions and the env that puts it on the path of an `rlvf` subprocess."""

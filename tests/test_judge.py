@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from conftest import REPO, run_rlvf, write_distribution
+from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
 from rlvf.judge import (
@@ -409,17 +409,6 @@ def test_server_rubric_replies_and_missing_answers(scripted):
 
 # --- rlvf train-judge ---
 
-DIGIT_PLUGIN = """
-from rlvf import hookimpl
-
-def has_digit(prompts, completions, **columns):
-    '''1.0 if the completion contains a digit.'''
-    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
-
-@hookimpl
-def register_rewards(register):
-    register(has_digit)
-"""
 
 
 def write_prompts(path, n=200, seed=0):
@@ -435,7 +424,7 @@ def test_train_judge_on_rows_generated_from_a_verifiable_task_raises_held_out_au
     from rlvf.preference import split_by_prompt
 
     directory, env = site
-    write_distribution(directory, "toy-digit", "toy_digit", DIGIT_PLUGIN, {"toy": "toy_digit"})
+    write_distribution(directory, "toy-digit", "toy_digit", HAS_DIGIT_PLUGIN, {"toy": "toy_digit"})
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     config = tmp_path / "judge.toml"
     config.write_text(f"""

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from conftest import REPO, run_rlvf, write_distribution
+from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
 from rlvf.config import ModelConfig, PairsConfig, PreferenceConfig, load_config
 from rlvf.errors import ConfigError, RewardError
 from rlvf.modeling import load_policy
@@ -23,18 +23,6 @@ from rlvf.plugins import load_registry
 from rlvf.preference import generate_pairs, load_pairs, normalize_pair, prompt_key
 from rlvf.rewards import MixEntry, RewardMix
 from rlvf.tasks import DatasetTask
-
-HAS_DIGIT_PLUGIN = """
-from rlvf import hookimpl
-
-def has_digit(prompts, completions, **columns):
-    '''1.0 if the completion contains a digit.'''
-    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
-
-@hookimpl
-def register_rewards(register):
-    register(has_digit)
-"""
 
 
 def has_digit(prompts, completions, **columns):

@@ -59,17 +59,23 @@ class RewardConfig(Section):
     ray: RayConfig = RayConfig()
 
 
-class TaskConfig(Section):
-    name: str = "arithmetic"
-    options: dict[str, Any] = {}  # options of a registered task
-    # A task declared from a `datasets` source instead of a registered one:
+class DatasetSource(Section):
+    """A `datasets` source of rows: a hub id, local directory or data file, with a held-out split."""
+
     dataset: str | None = None  # hub id, local directory, or a .jsonl/.json/.parquet/.csv file
     dataset_config: str | None = None
     data_files: str | list[str] | dict[str, str | list[str]] | None = None
     train_split: str = "train"
-    eval_split: str | None = None  # none: hold out eval_fraction of the train split
+    eval_split: str | None = None  # none: hold out eval_fraction of the train split (of its prompts, for pairs)
     eval_fraction: float = 0.1
-    columns: dict[str, str] = {}  # task column -> dataset column
+    columns: dict[str, str] = {}  # the rows' column -> dataset column
+
+
+class TaskConfig(DatasetSource):
+    """A registered task (`name`, `options`), or one declared from a `datasets` source (`dataset` set)."""
+
+    name: str = "arithmetic"
+    options: dict[str, Any] = {}  # options of a registered task
     template: str | None = None  # e.g. "{question}"; overrides a registered task's template too
     system_prompt: str | None = None
     few_shot: list[tuple[str, str]] | None = None
@@ -228,18 +234,11 @@ class FinetuneConfig(Section):
     progress: bool = True
 
 
-class SFTConfig(FinetuneConfig):
+class SFTConfig(FinetuneConfig, DatasetSource):
     """`rlvf sft`: demonstrations from a `datasets` source (prompt/completion or chat `messages` columns), or
     the [task]'s rows with `completion_template` filled from their columns."""
 
     output_dir: str = "runs/sft"
-    dataset: str | None = None  # hub id, local directory, or a .jsonl/.json/.parquet/.csv file
-    dataset_config: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    train_split: str = "train"
-    eval_split: str | None = None  # none: hold out eval_fraction of the train split
-    eval_fraction: float = 0.1
-    columns: dict[str, str] = {}  # prompt / completion / messages -> dataset column
     completion_template: str | None = None  # with the [task]'s rows, e.g. "The answer is \\boxed{{answer}}."
     packing: bool = False  # several examples per row of a micro-batch (attention stays within each)
     eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
@@ -267,22 +266,11 @@ class DPOConfig(FinetuneConfig):
     eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
 
 
-class DatasetSource(Section):
-    """A `datasets` source of training rows: hub id, local directory or file, with a held-out split."""
-
-    dataset: str | None = None
-    dataset_config: str | None = None
-    data_files: str | list[str] | dict[str, str | list[str]] | None = None
-    train_split: str = "train"
-    eval_split: str | None = None  # none: hold out eval_fraction of the prompts (all rows of a prompt together)
-    eval_fraction: float = 0.1
-    columns: dict[str, str] = {}  # the rows' keys -> dataset column
-    limit: int | None = None  # training rows; none: all
-
-
 class PreferenceConfig(DatasetSource):
     """Preference pairs for `rlvf train-rm` and `rlvf dpo`: any `datasets` source with prompt / chosen /
     rejected (text or chat messages), e.g. a file written by `rlvf pairs`."""
+
+    limit: int | None = None  # training pairs; none: all
 
 
 class PairsConfig(Section):
@@ -318,6 +306,7 @@ class JudgeTrainConfig(FinetuneConfig, DatasetSource):
 
     output_dir: str = "runs/judge"
     eval_fraction: float = 0.2
+    limit: int | None = None  # training rows; none: all
     rows: JudgeRowsConfig = JudgeRowsConfig()
     # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.judge.DEFAULT_TEMPLATE
     template: str | None = None

@@ -246,21 +246,10 @@ def normalize_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def load_judge_rows(config, split: str, seed: int = 0) -> list[dict[str, Any]]:
-    """The `train` or `eval` rows of `judge.dataset`; without a named eval split, held-out rows are those of a
-    held-out fraction of the prompts (all rows of a prompt on one side)."""
-    from rlvf.preference import split_by_prompt
-    from rlvf.tasks import DatasetTask
+    """The `train` or `eval` rows of `judge.dataset` (held out by prompt without a named eval split)."""
+    from rlvf.preference import load_rows_by_prompt
 
-    source = DatasetTask("judge.dataset", config.dataset, dataset_config=config.dataset_config,
-                         data_files=config.data_files, columns=config.columns)
-    split_name = config.eval_split if split == "eval" and config.eval_split else config.train_split
-    rows = [normalize_row(row, f"{config.dataset} ({split_name} split) row {index}")
-            for index, row in enumerate(source._load_split(split_name))]
-    if not config.eval_split:
-        rows = split_by_prompt(rows, split, config.eval_fraction, seed)
-    if split == "train" and config.limit is not None:
-        rows = rows[: config.limit]
-    return rows
+    return load_rows_by_prompt(config, split, seed, normalize_row, "judge.dataset")
 
 
 def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[str, float]]:

@@ -18,7 +18,7 @@ import json
 import random
 from typing import Any
 
-from rlvf.config import PairsConfig, PreferenceConfig
+from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, score_samples
 from rlvf.modeling import encode_prompts
@@ -75,23 +75,28 @@ def split_by_prompt(pairs: list[dict[str, Any]], split: str, eval_fraction: floa
     return [p for p in pairs if prompt_key(p["prompt"]) in chosen]
 
 
+def load_rows_by_prompt(config: DatasetSource, split: str, seed: int, normalize, what: str) -> list[dict[str, Any]]:
+    """The `train` or `eval` rows of a [DatasetSource], each passed through `normalize(row, where)`; without a
+    named eval split, held-out rows are those of a held-out fraction of the prompts (split_by_prompt)."""
+    source = DatasetTask(what, config.dataset, dataset_config=config.dataset_config,
+                         data_files=config.data_files, columns=config.columns)
+    split_name = config.eval_split if split == "eval" and config.eval_split else config.train_split
+    rows = [normalize(row, f"{config.dataset} ({split_name} split) row {index}")
+            for index, row in enumerate(source._load_split(split_name))]
+    if not config.eval_split:
+        rows = split_by_prompt(rows, split, config.eval_fraction, seed)
+    if split == "train" and config.limit is not None:
+        rows = rows[: config.limit]
+    return rows
+
+
 def load_pairs(config: PreferenceConfig, split: str, seed: int = 0) -> list[dict[str, Any]]:
     """The `train` or `eval` pairs of the [preference] source."""
     if not config.dataset:
         raise ConfigError("preference.dataset is not set: point it at prompt/chosen/rejected data (a hub id, a "
                           "directory or a .jsonl/.json/.parquet/.csv file), or make pairs from a task with "
                           "`rlvf pairs CONFIG --output pairs.jsonl`")
-    source = DatasetTask("preference.dataset", config.dataset, dataset_config=config.dataset_config,
-                         data_files=config.data_files, columns=config.columns)
-    split_name = config.eval_split if split == "eval" and config.eval_split else config.train_split
-    rows = source._load_split(split_name)
-    pairs = [normalize_pair(row, f"{config.dataset} ({split_name} split) row {index}")
-             for index, row in enumerate(rows)]
-    if not config.eval_split:
-        pairs = split_by_prompt(pairs, split, config.eval_fraction, seed)
-    if split == "train" and config.limit is not None:
-        pairs = pairs[: config.limit]
-    return pairs
+    return load_rows_by_prompt(config, split, seed, normalize_pair, "preference.dataset")
 
 
 def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsConfig,
