@@ -319,9 +319,8 @@ def cmd_vllm_serve(args) -> None:
 
     if missing := vllm_missing():
         raise ConfigError(missing)
-    extra = args.vllm_args[1:] if args.vllm_args[:1] == ["--"] else args.vllm_args
     command, environment = vllm_serve_command(resolve_model(args.model), port=args.port, host=args.host,
-                                              dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, extra=extra)
+                                              dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, extra=args.passthrough)
     print(" ".join(command), file=sys.stderr, flush=True)
     os.execve(command[0], command, environment)
 
@@ -398,14 +397,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--directory", default=".", help="where to create the package folder")
 
     sub = add("vllm-serve", cmd_vllm_serve, "start a vLLM server that `sampling.vllm_server` can sample from and "
-              "sync weights into")
+              "sync weights into; options after `--` go to `vllm serve`")
     sub.add_argument("model", nargs="?", default="smollm2-135m", help="model name, HF id or directory")
     sub.add_argument("--port", type=int, default=8000)
     sub.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     sub.add_argument("--dtype", default="auto", help="auto: the trainer's (bfloat16 on a GPU, float32 on a CPU)")
     sub.add_argument("--kv-cache-gb", type=float, help="KV cache size (default on a CPU: 1 GiB)")
-    sub.add_argument("vllm_args", nargs=argparse.REMAINDER, help="after --: more `vllm serve` options, e.g. "
-                     "-- --tensor-parallel-size 4")
+    sub.set_defaults(passthrough_ok=True)  # after `--`: more `vllm serve` options, e.g. -- --tensor-parallel-size 4
 
     sub = add("model", cmd_model, "resolve a model name to a local directory (converting an embedded model once)")
     sub.add_argument("name", nargs="?", default="smollm2-135m")
@@ -413,7 +411,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
+    parser = build_parser()
+    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    if "--" in argv and not getattr(args, "passthrough_ok", False):
+        parser.error(f"`rlvf {args.command}` takes no arguments after --")
+    args.passthrough = passthrough
     if getattr(args, "config", None) and "=" in args.config:  # `rlvf score key=value`: no config file
         args.overrides.insert(0, args.config)
         args.config = None

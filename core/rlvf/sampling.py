@@ -276,7 +276,10 @@ class VLLMServerSampler:
 
         self.url, self.tokenizer, self.eos_ids = url.rstrip("/"), tokenizer, set(eos_ids)
         self.timeout, self.retries, self.concurrency = timeout, retries, concurrency
-        self.weights_dir = weights_dir or tempfile.mkdtemp(prefix="rlvf-vllm-weights-")
+        # a temporary directory (removed with the sampler) serves a server on this machine
+        self._temporary = None if weights_dir else tempfile.TemporaryDirectory(prefix="rlvf-vllm-weights-")
+        self.weights_dir = weights_dir or self._temporary.name
+        os.makedirs(self.weights_dir, exist_ok=True)
         models = self._request("GET", "/v1/models")["data"]
         if not models:
             raise ConfigError(f"sampling.vllm_server: {self.url} serves no model")
@@ -340,8 +343,19 @@ class VLLMServerSampler:
         return _finish(self.tokenizer, self.eos_ids, completion_ids, logprobs, params)
 
     def sync_weights(self, model) -> float:
+        from safetensors.torch import save_file
+
         start = time.perf_counter()
-        model.save_pretrained(self.weights_dir, safe_serialization=True)
+        # Every name of the state dict, tied ones too (save_pretrained would drop lm_head.weight): vLLM's CPU backend
+        # keeps its own copy of a tied LM head, which only a weight of that name updates. Shared storage is cloned
+        # because safetensors refuses it.
+        weights, seen = {}, set()
+        for name, tensor in model.state_dict().items():
+            tensor = tensor.detach()
+            pointer = tensor.untyped_storage().data_ptr()
+            weights[name] = tensor.clone().contiguous() if pointer in seen else tensor.contiguous()
+            seen.add(pointer)
+        save_file(weights, os.path.join(self.weights_dir, "model.safetensors"))
         self._request("POST", "/collective_rpc",
                       {"method": "reload_weights", "kwargs": {"weights_path": self.weights_dir}})
         self._request("POST", "/reset_prefix_cache")  # cached KV of prompts was computed with the old weights
