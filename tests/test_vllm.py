@@ -94,36 +94,42 @@ def test_greedy_and_stop_strings_agree_with_the_hf_sampler(policy, engine, promp
     assert cut.completion_ids == hf_cut.completion_ids and cut.truncated == [False]
 
 
-@pytest.mark.vllm
-@pytest.mark.timeout(120)
-def test_weight_sync_moves_the_engine_to_the_trainers_weights(policy, engine, prompt_ids):
-    prompt = prompt_ids[0]
-    fixed = policy.tokenizer("The answer is \\boxed{19}.", add_special_tokens=False)["input_ids"]
-    original = hf_logprobs(policy.model, prompt, fixed)
-    assert torch.allclose(torch.tensor(engine.logprobs_of(prompt, fixed)), original, atol=5e-4)
+def check_weight_sync(sampler, model, tokenizer, prompt: list[int]) -> float:
+    """Weights pushed into `sampler` move its log-probs (scored and sampled) to those of a perturbed copy of
+    `model`, and pushing `model` back restores them; returns the seconds of one sync."""
+    fixed = tokenizer("The answer is \\boxed{19}.", add_special_tokens=False)["input_ids"]
+    original = hf_logprobs(model, prompt, fixed)
+    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), original, atol=5e-4)
 
-    perturbed = copy.deepcopy(policy.model)
+    perturbed = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad():  # the MLPs and the (tied) embedding: a tied LM head must follow too
         for name, parameter in perturbed.named_parameters():
             if ".mlp." in name or "embed_tokens" in name:
                 parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
     target = hf_logprobs(perturbed, prompt, fixed)
     assert (target - original).abs().max() > 0.05  # the perturbation matters
-    assert torch.allclose(torch.tensor(engine.logprobs_of(prompt, fixed)), original, atol=5e-4)  # not synced yet
+    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), original, atol=5e-4)  # not synced yet
 
-    seconds = engine.sync_weights(perturbed)
-    synced = torch.tensor(engine.logprobs_of(prompt, fixed))
+    seconds = sampler.sync_weights(perturbed)
+    synced = torch.tensor(sampler.logprobs_of(prompt, fixed))
     assert torch.allclose(synced, target, atol=5e-4), (synced - target).abs().max()
     # sampled log-probs follow too (the prefix cache of the old weights is gone)
-    samples = engine.sample(prompt_ids[:1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2), seed=3)
+    samples = sampler.sample([prompt], SamplingParams(temperature=1.0, max_new_tokens=16, n=2), seed=3)
     for completion, logprobs in zip(samples.completion_ids, samples.logprobs, strict=True):
         assert torch.allclose(torch.tensor(logprobs), hf_logprobs(perturbed, prompt, completion), atol=5e-4)
-    print(f"weight sync of {sum(p.numel() for p in perturbed.parameters()) / 1e6:.0f}M parameters: {seconds:.2f} s")
-    assert seconds < 60
 
-    engine.sync_weights(policy.model)  # back to the module's weights
-    assert torch.allclose(torch.tensor(engine.logprobs_of(prompt, fixed)), original, atol=5e-4)
+    sampler.sync_weights(model)  # back to the original weights
+    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), original, atol=5e-4)
+    return seconds
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(120)
+def test_weight_sync_moves_the_engine_to_the_trainers_weights(policy, engine, prompt_ids):
+    seconds = check_weight_sync(engine, policy.model, policy.tokenizer, prompt_ids[0])
+    print(f"weight sync of {sum(p.numel() for p in policy.model.parameters()) / 1e6:.0f}M parameters: {seconds:.2f} s")
+    assert seconds < 60
 
 
 @pytest.mark.vllm

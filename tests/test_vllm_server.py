@@ -7,7 +7,6 @@ Marked `vllm` (needs vLLM; `make setup` installs it). One server serves the modu
 
 from __future__ import annotations
 
-import copy
 import json
 import socket
 import subprocess
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_vllm import PROMPTS, hf_logprobs
+from test_vllm import PROMPTS, check_weight_sync, hf_logprobs
 
 from rlvf.config import ModelConfig, SamplingConfig, load_config
 from rlvf.errors import ConfigError
@@ -98,26 +97,8 @@ def test_server_samples_carry_the_trainers_logprobs_and_follow_seeds(policy, sam
 @pytest.mark.timeout(300)
 def test_weight_sync_over_the_api_moves_the_server_to_the_trainers_weights(policy, sampler):
     prompt = encode_prompts(policy.tokenizer, PROMPTS[:1])[0]
-    fixed = policy.tokenizer("The answer is \\boxed{19}.", add_special_tokens=False)["input_ids"]
-    original = hf_logprobs(policy.model, prompt, fixed)
-    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), original, atol=5e-4)
-
-    perturbed = copy.deepcopy(policy.model)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in perturbed.named_parameters():
-            if ".mlp." in name or "embed_tokens" in name:
-                parameter.add_(0.02 * torch.randn(parameter.shape, generator=generator))
-    target = hf_logprobs(perturbed, prompt, fixed)
-    assert (target - original).abs().max() > 0.05
-    seconds = sampler.sync_weights(perturbed)
-    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), target, atol=5e-4)
-    samples = sampler.sample([prompt], SamplingParams(temperature=1.0, max_new_tokens=16, n=2), seed=3)
-    for completion, logprobs in zip(samples.completion_ids, samples.logprobs, strict=True):
-        assert torch.allclose(torch.tensor(logprobs), hf_logprobs(perturbed, prompt, completion), atol=5e-4)
+    seconds = check_weight_sync(sampler, policy.model, policy.tokenizer, prompt)
     print(f"weight sync over the API: {seconds:.2f} s")
-    sampler.sync_weights(policy.model)
-    assert torch.allclose(torch.tensor(sampler.logprobs_of(prompt, fixed)), original, atol=5e-4)
 
 
 @pytest.mark.vllm
