@@ -436,6 +436,8 @@ template = "{{question}}:"
 chat = false
 [reward.mix]
 has_digit = 1.0
+[sampling]
+sampler = "hf"
 [judge]
 output_dir = "{tmp_path / 'judge'}"
 epochs = 3

@@ -359,7 +359,8 @@ def test_pairs_train_rm_and_dpo_commands(char_model_dir, tmp_path):
     common = overrides(**{"model.name": str(char_model_dir), "preference.dataset": str(tmp_path / "pairs.jsonl")})
     pairs = run_rlvf("pairs", *common, *overrides(**{
         "task.name": "toy", "task.dataset": str(prompts), "task.chat": False, "task.template": "{question}:",
-        "reward.mix.has_digit": 1.0, "pairs.limit": 40, "pairs.max_new_tokens": 6, "pairs.pairs_per_prompt": 2}),
+        "reward.mix.has_digit": 1.0, "pairs.limit": 40, "pairs.max_new_tokens": 6, "pairs.pairs_per_prompt": 2,
+        "sampling.sampler": "hf"}),
         "--output", str(tmp_path / "pairs.jsonl"), env=env)
     written = read_jsonl(tmp_path / "pairs.jsonl")
     assert f"{len(written)} pairs -> {tmp_path / 'pairs.jsonl'}" in pairs.stderr and len(written) > 40

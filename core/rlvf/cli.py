@@ -171,12 +171,21 @@ def cmd_score(args) -> None:
     print(f"{len(rows)} rows scored -> {args.output}", file=sys.stderr)
 
 
+def _sampler(config, policy, batch_size: int):
+    """The [sampling] section's sampler for a command that samples a policy (eval, pairs), announced."""
+    from rlvf.sampling import sampler_from_config
+
+    sampler = sampler_from_config(config.sampling, policy.model, policy.tokenizer, path=policy.path, seed=config.seed,
+                                  batch_size=batch_size)
+    print(f"sampler: {sampler.description}", file=sys.stderr, flush=True)
+    return sampler
+
+
 def cmd_eval(args) -> None:
     from rlvf.config import load_config
     from rlvf.evaluate import evaluate
     from rlvf.modeling import load_policy
     from rlvf.rewards import mix_from_config
-    from rlvf.sampling import sampler_from_config
     from rlvf.tasks import task_from_config
 
     config = load_config(args.config, args.overrides)
@@ -184,9 +193,7 @@ def cmd_eval(args) -> None:
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     policy = load_policy(config.model, path=args.model)
-    sampler = sampler_from_config(config.sampling, policy.model, policy.tokenizer, path=policy.path, seed=config.seed,
-                                  batch_size=config.eval.batch_size)
-    print(f"sampler: {sampler.description}", file=sys.stderr, flush=True)
+    sampler = _sampler(config, policy, config.eval.batch_size)
     report = evaluate(policy.model, policy.tokenizer, task, mix, config.eval, seed=config.seed, sampler=sampler)
     if args.output:
         with open_text(args.output, "w") as output:
@@ -280,8 +287,9 @@ def cmd_pairs(args) -> None:
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     policy = load_policy(config.model, path=args.model)
+    sampler = _sampler(config, policy, config.pairs.batch_size)
     pairs, stats = generate_pairs(policy.model, policy.tokenizer, task, mix, config.pairs,
-                                  accuracy_reward=config.eval.accuracy_reward, seed=config.seed)
+                                  accuracy_reward=config.eval.accuracy_reward, seed=config.seed, sampler=sampler)
     with open_text(args.output, "w") as output:
         for pair in pairs:
             output.write(json.dumps(pair, ensure_ascii=False, default=str) + "\n")

@@ -261,6 +261,7 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     from rlvf.evaluate import CORRECT, evaluate
     from rlvf.modeling import load_policy
     from rlvf.rewards import mix_from_config
+    from rlvf.sampling import sampler_from_config
     from rlvf.tasks import task_from_config
 
     rows_config = config.judge.rows
@@ -268,7 +269,9 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     accuracy = rows_config.accuracy_reward or mix.names[0]
     policy = load_policy(ModelConfig(name=rows_config.model or config.model.name, dtype=config.model.dtype))
-    report = evaluate(policy.model, policy.tokenizer, task, mix, rows_config, seed=config.seed)
+    sampler = sampler_from_config(config.sampling, policy.model, policy.tokenizer, path=policy.path, seed=config.seed,
+                                  batch_size=rows_config.batch_size)
+    report = evaluate(policy.model, policy.tokenizer, task, mix, rows_config, seed=config.seed, sampler=sampler)
     rows, seen = [], set()
     for scored in report.rows:
         value, response = scored.get(accuracy), scored["completion"]

@@ -23,7 +23,7 @@ from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, score_samples
 from rlvf.modeling import encode_prompts
 from rlvf.rewards import RewardMix
-from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.sampling import HFSampler, Sampler, SamplingParams
 from rlvf.tasks import DatasetTask, Task, split_held_out
 from rlvf.text import completion_text
 
@@ -100,10 +100,11 @@ def load_pairs(config: PreferenceConfig, split: str, seed: int = 0) -> list[dict
 
 
 def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsConfig,
-                   accuracy_reward: str | None = None, seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """Sample `config.n` completions per prompt of the task's split, score them with the mix, and pair distinct
-    correct completions (accuracy reward >= 1) with distinct incorrect ones of the same prompt, up to
-    `pairs_per_prompt` per prompt. Returns the pairs and counts."""
+                   accuracy_reward: str | None = None, seed: int = 0,
+                   sampler: Sampler | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """Sample `config.n` completions per prompt of the task's split (with `sampler`, default the HF one), score
+    them with the mix, and pair distinct correct completions (accuracy reward >= 1) with distinct incorrect ones
+    of the same prompt, up to `pairs_per_prompt` per prompt. Returns the pairs and counts."""
     accuracy_reward = accuracy_reward or mix.names[0]
     if accuracy_reward not in mix.names:
         raise ConfigError(f"eval.accuracy_reward '{accuracy_reward}' is not in the reward mix ({', '.join(mix.names)})")
@@ -114,7 +115,7 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
         raise ConfigError(f"task '{task.name}' has no rows in split '{config.split}'")
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
                             n=config.n)
-    sampler = HFSampler(model, tokenizer, batch_size=config.batch_size)
+    sampler = sampler or HFSampler(model, tokenizer, batch_size=config.batch_size)
     samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
     _, result = score_samples(mix, rows, samples)
     accuracy, total = result.per_reward[accuracy_reward], result.total
