@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
 from rlvf.metrics import read_metrics
 
-PANELS = [  # (title, metric keys drawn in the panel)
-    ("reward", ["reward/mean"]),
+PANELS = [  # (title, metric keys drawn in the panel; "*" stands for each name found in the run)
+    ("reward", ["reward/mean", "reward/*/mean"]),
     ("accuracy", ["accuracy", "eval/accuracy"]),
     ("KL to reference", ["kl"]),
     ("completion length (tokens)", ["completion/length_mean"]),
@@ -22,7 +23,9 @@ def plot_run(run_dir: Path) -> list[Path]:
 
     records = read_metrics(run_dir)
     figure, axes = plt.subplots(2, 2, figsize=(10, 7))
-    for axis, (title, keys) in zip(axes.flat, PANELS, strict=True):
+    logged = list(dict.fromkeys(key for record in records for key in record))
+    for axis, (title, patterns) in zip(axes.flat, PANELS, strict=True):
+        keys = [key for pattern in patterns for key in logged if fnmatch.fnmatchcase(key, pattern)]
         for key in keys:
             points = [(r["step"], r[key]) for r in records if key in r]
             if points:
