@@ -71,6 +71,23 @@ def test_scores_strings_and_chat_completions(reward):
     assert scores == [1.0, 1.0, 0.0, 0.0, None]
 
 
+def test_a_calculation_left_undone_does_not_answer_a_numeric_gold(reward):
+    """A GRPO run on arithmetic learned to box the question's expression (`\\boxed{4 * 10}` for "Calculate
+    4 * 10"), which sympy finds equal to 40; a number, a fraction or scientific notation still answers."""
+    undone = [r"\boxed{4 * 10}", r"\boxed{21 - 1}", r"\boxed{4 \times 10}", r"\boxed{3 - (-2)}", r"\boxed{6 \div 2}"]
+    done = [r"\boxed{40}", r"\boxed{20}", r"\boxed{4 \times 10^{1}}", r"\boxed{5}", r"\boxed{\frac{6}{2}}"]
+    golds = ["40", "20", "40", "5", "3"]
+    assert reward(["p"] * 5, undone, answer=golds) == [0.0] * 5
+    assert reward(["p"] * 5, done, answer=golds) == [1.0] * 5
+    lenient = MathReward(workers=1, allow_unevaluated=True)
+    try:
+        assert lenient(["p"] * 5, undone, answer=golds) == [1.0] * 5
+    finally:
+        lenient.close()
+    # a symbolic gold still takes any equivalent expression
+    assert reward(["p"] * 2, [r"\boxed{x + x}", r"\boxed{1 + \sqrt{2}}"], answer=["2x", "\\sqrt{2} + 1"]) == [1.0, 1.0]
+
+
 def test_metrics_count_and_reset(reward):
     reward.pop_metrics()
     batch = [r"\boxed{x^2-1}", r"\boxed{(x-1)(x+1)}", r"\boxed{(x-1)(x+1)}", "no answer here"]

@@ -106,6 +106,17 @@ def normalize(text: str) -> str:
     return _LOOSE_SPACE.sub("", text)
 
 
+# Two numbers joined by an arithmetic operator, in a normalised answer: a calculation left undone ("4*10",
+# "21-1", "4 \times 10"), unless it is scientific notation (1.5 \times 10^{3}).
+_UNEVALUATED = re.compile(r"(?:\d|\))\s*(?:[-+*]|\\times|\\cdot|\\div)\s*[-+]?\(?\s*[-+]?\d")
+_SCIENTIFIC_FORM = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)\s*(?:\\times|\\cdot|\*)\s*10\^(?:\{-?\d+\}|-?\d+)")
+
+
+def unevaluated_arithmetic(text: str) -> bool:
+    """Is this normalised answer arithmetic on numbers that was not carried out (e.g. `4*10` for 40)?"""
+    return bool(_UNEVALUATED.search(text)) and not _SCIENTIFIC_FORM.fullmatch(text)
+
+
 def plain_number(text: str) -> Fraction | None:
     """The exact value of a plain number like `-12`, `3.75`, `.5`, `7/8`; None for anything else."""
     if len(text) > _MAX_PLAIN_NUMBER_CHARS or not _PLAIN_NUMBER.fullmatch(text):

@@ -18,14 +18,16 @@ METRIC_NAMES = ("verified", "no_answer", "parse_failures", "timeouts", "worker_c
 
 
 class MathReward:
-    """1.0 if the final answer is mathematically equivalent to the `answer` column."""
+    """1.0 if the final answer is mathematically equivalent to the `answer` column. When the gold answer is a
+    number, arithmetic left undone (`4 * 10` for 40) scores 0 unless `allow_unevaluated` is set."""
 
     def __init__(self, timeout: float = 5.0, workers: int = 2, rel_tol: float = DEFAULT_REL_TOL,
-                 cache_size: int = 100_000, answer_column: str = "answer"):
+                 cache_size: int = 100_000, answer_column: str = "answer", allow_unevaluated: bool = False):
         if timeout <= 0:
             raise ValueError("timeout must be positive")
         self.timeout = timeout
         self.rel_tol = rel_tol
+        self.allow_unevaluated = allow_unevaluated
         self.cache_size = cache_size
         self.answer_column = answer_column
         self._pool = VerifierPool(workers)
@@ -58,7 +60,7 @@ class MathReward:
             if verdict is not None:
                 counts["cache_hits"] += 1
             else:
-                verdict = quick_verdict(*key, rel_tol=self.rel_tol)
+                verdict = quick_verdict(*key, rel_tol=self.rel_tol, allow_unevaluated=self.allow_unevaluated)
                 if verdict is not None:
                     counts["fast_path"] += 1
                     self._remember(key, verdict)
@@ -75,7 +77,8 @@ class MathReward:
 
     def _verify_in_pool(self, waiting: dict[tuple[str, str], list[int]], scores: list, counts: Counter) -> None:
         keys = list(waiting)
-        tasks = [{"gold": gold, "pred": pred, "rel_tol": self.rel_tol} for gold, pred in keys]
+        tasks = [{"gold": gold, "pred": pred, "rel_tol": self.rel_tol, "allow_unevaluated": self.allow_unevaluated}
+                 for gold, pred in keys]
         for key, outcome in zip(keys, self._pool.run(tasks, self.timeout), strict=True):
             verdict = Verdict(outcome.correct, outcome.parse_failure)
             if outcome.status == "timeout":

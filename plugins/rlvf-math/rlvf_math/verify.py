@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rlvf_math.equivalence import equivalent
-from rlvf_math.normalize import Tolerance, compare_plain, normalize
+from rlvf_math.normalize import Tolerance, compare_plain, normalize, plain_number, unevaluated_arithmetic
 from rlvf_math.parse import Text, parse_answer, text_key
 
 DEFAULT_REL_TOL = 1e-6
@@ -18,20 +18,29 @@ class Verdict:
     parse_failure: bool = False  # the prediction is not mathematics we can read (compared as text)
 
 
-def quick_verdict(gold_answer: str, pred_answer: str, rel_tol: float = DEFAULT_REL_TOL) -> Verdict | None:
-    """The verdict when it needs no sympy (identical text, two plain numbers), else None."""
+def quick_verdict(gold_answer: str, pred_answer: str, rel_tol: float = DEFAULT_REL_TOL,
+                  allow_unevaluated: bool = False) -> Verdict | None:
+    """The verdict when it needs no sympy (identical text, two plain numbers, a calculation left undone),
+    else None.
+
+    A gold answer that is a number asks for a number: `\\boxed{4 * 10}` does not answer "Calculate 4 * 10",
+    although sympy finds it equal to 40 (a policy trained on arithmetic learned to box the question's
+    expression). `allow_unevaluated` accepts such answers."""
     if len(gold_answer) > MAX_ANSWER_CHARS or len(pred_answer) > MAX_ANSWER_CHARS:
         return Verdict(False, parse_failure=True)
     gold_text, pred_text = normalize(gold_answer), normalize(pred_answer)
     if gold_text == pred_text:
         return Verdict(True)
+    if not allow_unevaluated and plain_number(gold_text) is not None and unevaluated_arithmetic(pred_text):
+        return Verdict(False)
     plain = compare_plain(gold_text, pred_text, rel_tol)
     return None if plain is None else Verdict(plain)
 
 
-def verify_answers(gold_answer: str, pred_answer: str, rel_tol: float = DEFAULT_REL_TOL) -> Verdict:
+def verify_answers(gold_answer: str, pred_answer: str, rel_tol: float = DEFAULT_REL_TOL,
+                   allow_unevaluated: bool = False) -> Verdict:
     """Is the extracted prediction `pred_answer` equivalent to the extracted gold `gold_answer`?"""
-    quick = quick_verdict(gold_answer, pred_answer, rel_tol)
+    quick = quick_verdict(gold_answer, pred_answer, rel_tol, allow_unevaluated)
     if quick is not None:
         return quick
     gold_text, pred_text = normalize(gold_answer), normalize(pred_answer)
