@@ -155,7 +155,7 @@ def test_grpo_with_the_vllm_sampler(tmp_path, capsys):
     steps = [r for r in records if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for record in steps:
-        assert 0 <= record["mismatch/kl"] < 1e-3  # the engine and the trainer compute the same policy
+        assert -1e-6 < record["mismatch/kl"] < 1e-3  # the engine and the trainer agree (k3 >= 0 up to rounding)
         assert record["mismatch/ratio_mean"] == pytest.approx(1.0, abs=1e-2)
         assert record["mismatch/ratio_min"] <= 1.0 <= record["mismatch/ratio_max"] < 1.1
         assert record["mismatch/tis_clipped"] == 0.0

@@ -122,7 +122,7 @@ def test_grpo_samples_from_the_server(server, tmp_path):
     steps = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2]
     for record in steps:
-        assert 0 <= record["mismatch/kl"] < 1e-3 and record["time/weight_sync"] > 0
+        assert -1e-6 < record["mismatch/kl"] < 1e-3 and record["time/weight_sync"] > 0  # k3 >= 0 up to rounding
     prompt = encode_prompts(trainer.tokenizer, [trainer.train_rows[0]["prompt"]])[0]
     fixed = trainer.tokenizer("\\boxed{12}", add_special_tokens=False)["input_ids"]
     assert torch.allclose(torch.tensor(trainer.sampler.logprobs_of(prompt, fixed)),
