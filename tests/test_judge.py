@@ -410,7 +410,6 @@ def test_server_rubric_replies_and_missing_answers(scripted):
 # --- rlvf train-judge ---
 
 
-
 def write_prompts(path, n=200, seed=0):
     rng = random.Random(seed)
     return write_jsonl(path, [{"question": "".join(rng.choice("abcdefghij") for _ in range(6))} for _ in range(n)])

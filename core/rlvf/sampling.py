@@ -215,11 +215,8 @@ class VLLMSampler:
         from vllm import SamplingParams as VLLMParams
         from vllm.inputs import TokensPrompt
 
-        greedy = params.temperature <= 0
         requests = [VLLMParams(
-            n=params.n, temperature=0.0 if greedy else params.temperature, top_p=1.0 if greedy else params.top_p,
-            max_tokens=params.max_new_tokens, stop=list(params.stop) or None, include_stop_str_in_output=True,
-            stop_token_ids=sorted(self.eos_ids), logprobs=0, seed=request_seed,
+            **_vllm_sampling_options(params, self.eos_ids), seed=request_seed,
             detokenize=bool(params.stop),  # we decode with our tokenizer; vLLM only needs text to find stops
         ) for request_seed in _request_seeds(seed, len(prompt_ids))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], requests,
@@ -294,7 +291,7 @@ class VLLMServerSampler:
         import urllib.request
 
         data = json.dumps(payload).encode() if payload is not None else None
-        error = ""
+        error, answered = "", False
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(2.0 ** attempt, 30.0))
@@ -305,29 +302,24 @@ class VLLMServerSampler:
                     body = response.read()
                 return json.loads(body) if body else None
             except urllib.error.HTTPError as exc:
-                error = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}"
+                error, answered = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}", True
                 if exc.code < 500:
                     break  # the request is wrong: retrying will not help
             except (urllib.error.URLError, OSError) as exc:
-                error = str(getattr(exc, "reason", exc))
-        hint = (" (is it running? start it with `rlvf vllm-serve MODEL`, which enables the endpoints weight sync "
-                "needs)") if "HTTP" not in error else ""
+                error, answered = str(getattr(exc, "reason", exc)), False
+        hint = "" if answered else (" (is it running? start it with `rlvf vllm-serve MODEL`, which enables the "
+                                    "endpoints weight sync needs)")
         raise ConfigError(f"sampling.vllm_server: {method} {self.url}{path} failed after {attempt + 1} "
                           f"attempt(s): {error}{hint}")
 
     def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
         from concurrent.futures import ThreadPoolExecutor
 
-        greedy = params.temperature <= 0
+        options = _vllm_sampling_options(params, self.eos_ids)
 
         def complete(ids_and_seed) -> dict[str, Any]:
             ids, request_seed = ids_and_seed
-            payload = {
-                "model": self.served_model, "prompt": list(ids), "n": params.n, "max_tokens": params.max_new_tokens,
-                "temperature": 0.0 if greedy else params.temperature, "top_p": 1.0 if greedy else params.top_p,
-                "stop": list(params.stop) or None, "include_stop_str_in_output": True,
-                "stop_token_ids": sorted(self.eos_ids), "logprobs": 0, "return_token_ids": True,
-            }
+            payload = {"model": self.served_model, "prompt": list(ids), "return_token_ids": True, **options}
             if request_seed is not None:
                 payload["seed"] = request_seed
             return self._request("POST", "/v1/completions", payload)
@@ -393,6 +385,16 @@ def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dt
         command += ["--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30))]
     environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
     return command + list(extra or []), environment
+
+
+def _vllm_sampling_options(params: SamplingParams, eos_ids: set[int]) -> dict[str, Any]:
+    """Our sampling parameters in vLLM's names, which its `SamplingParams` and its completions API share: the
+    log-prob of each sampled token, stop strings kept in the output (the trainer cuts at them itself)."""
+    greedy = params.temperature <= 0
+    return {"n": params.n, "temperature": 0.0 if greedy else params.temperature,
+            "top_p": 1.0 if greedy else params.top_p, "max_tokens": params.max_new_tokens,
+            "stop": list(params.stop) or None, "include_stop_str_in_output": True,
+            "stop_token_ids": sorted(eos_ids), "logprobs": 0}
 
 
 def _request_seeds(seed: int | None, count: int) -> list[int | None]:

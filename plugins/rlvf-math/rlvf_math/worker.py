@@ -56,7 +56,7 @@ def main() -> None:
     for line in sys.stdin:
         task = json.loads(line)
         try:
-            verdict = verify_answers(task["gold"], task["pred"], task["rel_tol"], task.get("allow_unevaluated", False))
+            verdict = verify_answers(task["gold"], task["pred"], task["rel_tol"], task["allow_unevaluated"])
             result = {"correct": verdict.correct, "parse_failure": verdict.parse_failure}
         except Exception as exc:  # a verification error scores 0; the worker lives on
             result = {"correct": False, "parse_failure": True, "error": f"{type(exc).__name__}: {exc}"[:200]}
