@@ -7,6 +7,7 @@ Anything doubtful is "not equivalent": a false positive rewards a wrong answer.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from typing import Any
 
@@ -14,7 +15,7 @@ import mpmath  # shipped with sympy
 import sympy
 
 from rlvf_math.normalize import Tolerance as Context
-from rlvf_math.normalize import numbers_match
+from rlvf_math.normalize import MIN_ROUNDED_ENTRY_DIGITS, numbers_match
 from rlvf_math.parse import Bracketed, Choice, Collection, MatrixAnswer, Relation, Text, as_real_set
 
 _PRECISION = 40  # digits for numeric comparison of exact expressions
@@ -30,7 +31,7 @@ _EQUATION_OPS = ("=", "!=")
 
 
 def equivalent(gold, pred, ctx: Context) -> bool:
-    gold, pred = _drop_membership(gold), _drop_membership(pred)
+    gold, pred = _reduce_relation(gold, ctx), _reduce_relation(pred, ctx)
     if type(gold) is type(pred) and gold == pred:
         return True
     if isinstance(gold, (Text, Choice)) or isinstance(pred, (Text, Choice)):
@@ -55,11 +56,65 @@ def _drop_membership(node):
     return node
 
 
+def _reduce_relation(node, ctx: Context):
+    """A relation as what it states: `x \\in [1, 2]` -> `[1, 2]`, `\\frac{2}{3} \\approx 0.67` -> 2/3,
+    `x = 2 \\cdot 3 + 1 = 7` -> `x = 7`, `4 \\cdot 10 = 40` -> 40. Anything else stays as it is."""
+    node = _drop_membership(node)
+    if not isinstance(node, Relation):
+        return node
+    node = _without_approximation(node)
+    if isinstance(node, Relation) and all(op == "=" for op in node.ops):
+        return _equality_chain_value(node, ctx)
+    return node
+
+
+def _without_approximation(relation: Relation):
+    """An approximation after an exact value keeps the exact value (`\\frac{2}{3} \\approx 0.67` is 2/3);
+    after a name it is the value (`x \\approx 0.67` reads `x = 0.67`)."""
+    if "~" not in relation.ops:
+        return relation
+    cut = relation.ops.index("~")
+    sides, ops = relation.sides[:cut + 1], relation.ops[:cut]
+    if _is_name(sides[-1]):
+        return Relation(ops + ("=",), sides + (relation.sides[cut + 1],))
+    return Relation(ops, sides) if ops else sides[0]
+
+
+def _equality_chain_value(relation: Relation, ctx: Context):
+    """`name = a = b = value` -> `name = value`; `a = value` with no name -> value. The sides without
+    variables must all be equal (or the last one a faithful rounding of them): `x = 5 = 6` stays a relation,
+    which answers nothing."""
+    sides = relation.sides
+    names = [i for i, side in enumerate(sides) if _is_name(side)]
+    if len(names) > 1 or (names and names[0] not in (0, len(sides) - 1)):
+        return relation
+    if len(sides) == 2 and names:
+        return relation  # `x = 3`: compared as it is
+    if names and names[0] == len(sides) - 1:
+        sides = tuple(reversed(sides))  # `7 = 2 \\cdot 3 + 1 = x`
+    values = sides[1:] if names else sides
+    if not names and not all(isinstance(v, sympy.Expr) and not v.free_symbols for v in values):
+        return relation  # `3x - y + 2 = 0`: an equation, not a calculation
+    constants = [v for v in values if isinstance(v, sympy.Expr) and not v.free_symbols]
+    value = values[-1]
+    for earlier in constants[:-1]:
+        if not expressions_equal(earlier, constants[-1], replace(ctx, entry=False)):
+            if value is constants[-1] and _rounded_entry(earlier, constants[-1], ctx.pred_decimals):
+                value = earlier  # `x = \\frac{2}{3} = 0.67`: the exact value, as with \\approx
+                continue
+            return relation
+    if not names:
+        return value
+    return Relation(("=",), (sides[0], value))
+
+
 # -- relations
 
 
 def _is_name(node) -> bool:
-    """A side that names the unknown rather than giving a value: `x`, `a_1`, `AB`, `f(x)`."""
+    """A side that names the unknown rather than giving a value: `x`, `a_1`, `AB`, `f(x)`, `m:n`, `(a, b)`."""
+    if isinstance(node, (Bracketed, Collection)):
+        return bool(node.items) and all(_is_name(item) for item in node.items)
     return isinstance(node, sympy.Expr) and bool(node.free_symbols) and not node.atoms(sympy.Number) - {
         sympy.Integer(-1)}
 
@@ -150,6 +205,7 @@ def _sets_equal(gold_set, pred_set, ctx: Context) -> bool:
         return False
     if gold_set == pred_set:
         return True
+    ctx = ctx.for_entries()  # interval endpoints may be rounded like entries of a tuple
     gold_parts, pred_parts = _intervals(gold_set), _intervals(pred_set)
     if gold_parts is None or pred_parts is None or len(gold_parts) != len(pred_parts):
         return False
@@ -183,6 +239,9 @@ def _collection_equivalent(gold, pred, ctx: Context) -> bool:
         pred_items = (pred,)
     if max(len(gold_items), len(pred_items)) > _MAX_COLLECTION:
         return False
+    if isinstance(gold, Collection) and isinstance(pred, Collection):
+        # several solutions: a solution written twice is one solution
+        gold_items, pred_items = tuple(dict.fromkeys(gold_items)), tuple(dict.fromkeys(pred_items))
     both_sets = all(isinstance(n, Collection) and n.braces for n in (gold, pred))
     if len(gold_items) != len(pred_items) and not both_sets:
         return False
@@ -190,7 +249,9 @@ def _collection_equivalent(gold, pred, ctx: Context) -> bool:
         # a bare list against a tuple keeps the tuple's order; braces are a set, never a tuple
         if any(isinstance(n, Collection) and n.braces for n in (gold, pred)):
             return False
-        return all(equivalent(g, p, ctx) for g, p in zip(gold_items, pred_items, strict=True))
+        if _repeated_labels(gold_items) or _repeated_labels(pred_items):
+            return False  # `x = 1, x = 2` is two solutions, not the point (1, 2)
+        return all(equivalent(g, p, ctx.for_entries()) for g, p in zip(gold_items, pred_items, strict=True))
     if both_sets:  # sets: {1, 2, 2} is {1, 2}
         return all(any(equivalent(g, p, ctx) for p in pred_items) for g in gold_items) and all(
             any(equivalent(g, p, ctx) for g in gold_items) for p in pred_items)
@@ -203,7 +264,14 @@ def _collection_equivalent(gold, pred, ctx: Context) -> bool:
     return True
 
 
+def _repeated_labels(items) -> bool:
+    labels = [str(item.sides[0]) for item in items
+              if isinstance(item, Relation) and item.ops == ("=",) and _is_name(item.sides[0])]
+    return len(labels) != len(set(labels))
+
+
 def _sequence_equivalent(gold, pred, ctx: Context) -> bool:
+    ctx = ctx.for_entries()
     if isinstance(gold, MatrixAnswer) and isinstance(pred, MatrixAnswer):
         if len(gold.rows) != len(pred.rows) or len(gold.rows[0]) != len(pred.rows[0]):
             return False
@@ -228,9 +296,46 @@ def expressions_equal(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
         return False  # huge numbers: only an identical form is trusted
     if gold.free_symbols or pred.free_symbols:
         return _symbolic_equal(gold, pred)
+    if ctx.entry and _rounded_entry_match(gold, pred, ctx):
+        return True
     if gold.is_Rational and pred.is_Rational:
         return numbers_match(Fraction(gold.p, gold.q), Fraction(pred.p, pred.q), ctx)
     return _numbers_close(gold, pred, ctx)
+
+
+def _rounded_entry_match(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
+    """An entry written as a decimal against an exact entry on the other side: the decimal must be the exact
+    value rounded to the places written (see MIN_ROUNDED_ENTRY_DIGITS). Two decimals must be equal."""
+    gold_decimal = _written_decimal(gold, ctx.gold_decimals)
+    pred_decimal = _written_decimal(pred, ctx.pred_decimals)
+    if gold_decimal and pred_decimal:
+        return False
+    if pred_decimal:
+        return _rounded_entry(gold, pred, ctx.pred_decimals)
+    if gold_decimal:
+        return _rounded_entry(pred, gold, ctx.gold_decimals, min_digits=0)  # the gold sets the precision
+    return False
+
+
+def _written_decimal(value: sympy.Expr, decimals: dict) -> bool:
+    return value.is_Rational and abs(Fraction(value.p, value.q)) in decimals
+
+
+def _rounded_entry(exact: sympy.Expr, decimal: sympy.Expr, decimals: dict,
+                   min_digits: int = MIN_ROUNDED_ENTRY_DIGITS) -> bool:
+    """Is the Rational `decimal`, written as a decimal literal, `exact` rounded to the places written (within
+    half a unit in the last place), with at least `min_digits` significant digits?"""
+    if not decimal.is_Rational:
+        return False
+    written = decimals.get(abs(Fraction(decimal.p, decimal.q)))
+    if written is None or written[1] < min_digits:
+        return False
+    exact_value = _complex_value(exact)
+    if exact_value is None or abs(exact_value.imag) > 1e-30:
+        return False
+    with mpmath.workdps(_PRECISION):
+        difference = abs(exact_value.real - mpmath.mpf(decimal.p) / decimal.q)
+        return bool(difference <= mpmath.mpf(1) / (2 * 10 ** written[0]))
 
 
 def _numbers_close(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:

@@ -15,8 +15,29 @@ _ANSWER_PHRASE = re.compile(
 )
 _MATH_SEGMENT = re.compile(
     r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\.|[^$\\])+?)\$", re.DOTALL)
-# A number as written in prose: optional sign, thousands groups, decimals, a simple fraction.
-_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?|-?\.\d+")
+# A number as written in prose: optional sign, thousands groups (`12,500`, `12 500`), a decimal point or a
+# decimal comma (`3,75`; not `1,2,3`, a list), a simple fraction. Digits glued to a letter before them are part
+# of a word (`QX7ZR`, `H2O`), not a number.
+_NUMBER = re.compile(r"""
+    (?<![A-Za-z\d.])-?(?<![A-Za-z\d.])
+    (?: \d{1,3}(?:,\d{3})+(?![\d]|,\d)
+      | \d{1,3}(?:[ \u00a0\u202f]\d{3})+(?!\d|[.,]\d)
+      | \d+ )
+    (?:\.\d+|,\d+(?![\d,]|\.\d))?
+    (?:/\d+)?
+  | (?<![\w.])-?\.\d+
+""", re.VERBOSE)
+# Letters right after a number that make it a code, not a quantity with a unit (`7ZR`, `3B2`).
+_WORD_AFTER_NUMBER = re.compile(r"[A-Z]|[A-Za-z]+\d")
+# What may separate the numbers of a list that ends a text: `2, 5`, `2 and 5`, `x = 1 or x = -2`.
+_LIST_GAP = re.compile(r"\s*(?:,|;|,?\s*(?:and|or))\s*(?:[A-Za-z](?:_\w+)?\s*=\s*)?", re.IGNORECASE)
+# The label of a value in prose: `x = ` in `x = 3` (not the `x` of `2x = 3`).
+_PROSE_LABEL = re.compile(r"(?<![\w\\])([A-Za-z](?:_\w+)?)\s*=\s*$")
+# What may separate math segments (`$x=1$ and $x=-2$`) or gold boxes that make one answer.
+_CONNECTOR_GAP = re.compile(r"[\s$]*(?:,|;|\\quad|\\text\s*\{\s*(?:,|and|or)?\s*\}|,?\s*(?:and|or))?[\s$]*",
+                            re.IGNORECASE)
+# Brackets around the last number of a text that make it one answer: `(1, 4)`, `{2, 5}`, `[0, 3)`.
+_NUMERIC_GROUP = re.compile(r"[\s\d.,;/+-]*")
 # Boxed answers this close together on one line are one answer listed in parts ("\boxed{2} and \boxed{3}").
 _MAX_GAP_BETWEEN_PARTS = 40
 
@@ -60,14 +81,17 @@ def boxed_spans(text: str) -> list[tuple[int, int, str]]:
     return spans
 
 
-def last_boxed(text: str) -> str | None:
-    """The last boxed answer, joined with the boxes just before it on the same line."""
+def last_boxed(text: str, parts_gap: re.Pattern | None = None) -> str | None:
+    """The last boxed answer, joined with the boxes just before it on the same line (or, with `parts_gap`, with
+    the boxes before it separated only by text matching `parts_gap`)."""
     spans = boxed_spans(text)
     if not spans:
         return None
     parts = [spans[-1]]
     for span in reversed(spans[:-1]):
         gap = text[span[1]:parts[-1][0]]
+        if parts_gap is not None and not parts_gap.fullmatch(gap):
+            break
         if "\n" in gap or len(gap) > _MAX_GAP_BETWEEN_PARTS:
             break
         parts.append(span)
@@ -109,36 +133,111 @@ def gsm8k_answer(text: str) -> str | None:
     return matches[-1].strip() if matches else None
 
 
+def _prose_numbers(text: str) -> list[re.Match]:
+    return [m for m in _NUMBER.finditer(text) if not _WORD_AFTER_NUMBER.match(text, m.end())]
+
+
+def _enclosing_numeric_group(text: str, start: int, end: int) -> tuple[int, int] | None:
+    """The span of the brackets around text[start:end] if they hold only numbers (`(1, 4)`, `{2,5}`)."""
+    opener = max(text.rfind(ch, 0, start) for ch in "([{")
+    if opener < 0 or not _NUMERIC_GROUP.fullmatch(text, opener + 1, start):
+        return None
+    closers = [i for i in (text.find(ch, end) for ch in ")]}") if i >= 0]
+    if not closers:
+        return None
+    closer = min(closers)
+    if not _NUMERIC_GROUP.fullmatch(text, end, closer) or "," not in text[opener:closer]:
+        return None
+    return opener, closer + 1
+
+
+def _last_number(text: str, numbers: list[re.Match]) -> str:
+    """The last number of a text, with the numbers listed just before it (`2, 5`, `x = 1 or x = -2`) or the
+    brackets around it (`(1, 4)`): a list stays a list, so that it answers a gold list and never a single value."""
+    last = numbers[-1]
+    group = _enclosing_numeric_group(text, last.start(), last.end())
+    if group:
+        return text[group[0]:group[1]]
+    values = [last.group()]
+    for previous, current in zip(reversed(numbers[:-1]), reversed(numbers[1:]), strict=True):
+        if not _LIST_GAP.fullmatch(text, previous.end(), current.start()) or (
+                _prose_label(text, previous.start()) != _prose_label(text, current.start())):
+            break  # `2x = 12 and x = 6` is a step and its result, not two solutions
+        values.append(previous.group())
+    return ", ".join(reversed(values))
+
+
+def _prose_label(text: str, start: int) -> str | None:
+    label = _PROSE_LABEL.search(text[max(0, start - 20):start])
+    return label.group(1) if label else None
+
+
 def last_expression(text: str) -> str | None:
     """Fallback: the last math segment if nothing numeric follows it, else the last number.
 
-    Of a math segment with `=` only the part after the last `=` is kept: "2 + 3 = 5" answers 5.
-    """
-    numbers = list(_NUMBER.finditer(text))
+    Math segments separated only by "and", "or" or commas are one answer (`$x=1$ and $x=-2$`). Of a
+    calculation only its result is kept ("2 + 3 = 5" answers 5, see `final_side`)."""
+    numbers = _prose_numbers(text)
     segments = list(_MATH_SEGMENT.finditer(text))
     if segments:
         last = segments[-1]
         if not numbers or numbers[-1].start() < last.end():
-            content = next(g for g in last.groups() if g is not None)
-            return _after_last_equals(content).strip() or None
+            parts = [last]
+            for previous in reversed(segments[:-1]):
+                if not _CONNECTOR_GAP.fullmatch(text, previous.end(), parts[-1].start()) or (
+                        _segment_label(previous) != _segment_label(last)):
+                    break  # `$2x = 12$ and $x = 6$`: a step and its result
+                parts.append(previous)
+            contents = [final_side(next(g for g in part.groups() if g is not None)).strip()
+                        for part in reversed(parts)]
+            return ", ".join(c for c in contents if c) or None
     if numbers:
-        return numbers[-1].group()
+        return _last_number(text, numbers)
     return None
 
 
-def _after_last_equals(expression: str) -> str:
+def _segment_label(segment: re.Match) -> str | None:
+    """What a math segment names before its first `=` (`x` in `$x = 1$`), None for a bare value."""
+    content = next(g for g in segment.groups() if g is not None)
+    cuts = _top_level_equals(content)
+    return re.sub(r"\s+", "", content[:cuts[0]]) if cuts else None
+
+
+def _top_level_equals(expression: str) -> list[int]:
     depth = 0
-    cut = 0
+    cuts = []
     for i, ch in enumerate(expression):
         if ch in "{([":
             depth += 1
         elif ch in "})]":
             depth -= 1
-        elif ch == "=" and depth == 0 and expression[i - 1:i] not in ("<", ">", "!"):
-            cut = i + 1
-    return expression[cut:]
+        elif ch == "=" and depth == 0 and expression[i - 1:i] not in ("<", ">", "!") and expression[i + 1:i + 2] != "=":
+            cuts.append(i)
+    return cuts
 
 
+def _variables(expression: str) -> str:
+    """The letters of an expression that name variables: LaTeX commands and subscripts removed."""
+    expression = re.sub(r"\\text\s*\{[^{}]*\}|\\[A-Za-z]+|_\{[^{}]*\}|_\w", " ", expression)
+    return "".join(re.findall(r"[A-Za-z]", expression))
+
+
+def _is_name_text(expression: str) -> bool:
+    """`x`, `a_1`, `(a, b)`, `AB:CD`, `x + y`: variables only, no numbers (subscripts aside)."""
+    without_subscripts = re.sub(r"_\{[^{}]*\}|_\w", "", expression)
+    return bool(_variables(expression)) and not re.search(r"\d", without_subscripts)
+
+
+def final_side(expression: str) -> str:
+    """Of a calculation or a labelled value, the value: `x = 2 \\cdot 3 + 1 = 7` -> `7`, `(a,b) = (1,4)` ->
+    `(1,4)`. An equation stays whole (`3x - y + 2 = 0`, `y = 3x + 2`): its sides are not a calculation."""
+    cuts = _top_level_equals(expression)
+    if not cuts:
+        return expression
+    first, last = expression[:cuts[0]], expression[cuts[-1] + 1:]
+    if _variables(last) or not (_is_name_text(first) or not _variables(first)):
+        return expression
+    return last
 def extract_answer(completion: str) -> str | None:
     """The final answer of a model completion, or None if it states none."""
     text = completion[-MAX_SEARCH_CHARS:]
@@ -150,7 +249,10 @@ def extract_answer(completion: str) -> str | None:
 
 
 def extract_gold(gold: str) -> str:
-    """The gold answer: its box or GSM8K `####` part if it has one, else all of it."""
+    """The gold answer: its box or GSM8K `####` part if it has one, else all of it.
+
+    Of several boxes in a gold solution the last one is the answer, with the boxes just before it only
+    if nothing but "and", "or" or a comma separates them (`\\boxed{2}, \\boxed{5}`: two solutions)."""
     text = str(gold).strip()
-    found = last_boxed(text) or gsm8k_answer(text)
+    found = last_boxed(text, parts_gap=_CONNECTOR_GAP) or gsm8k_answer(text)
     return (found or text).strip()

@@ -6,7 +6,7 @@ Pure string work (no sympy), so the parent process can settle the common cases w
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 
 from rlvf_math.extract import matching_brace
@@ -92,6 +92,7 @@ def normalize(text: str) -> str:
     text = _DELIMITERS.sub(" ", text)
     text = _DEGREES.sub("", text)
     text = text.replace(r"\%", "%").replace(r"\dfrac", r"\frac").replace(r"\tfrac", r"\frac")
+    text = text.replace(r"\!", "")  # a negative thin space never separates anything: `7,\!250` is 7,250
     text = _THIN_THOUSANDS.sub("", text)
     text = text.replace("{,}", ".")  # decimal comma in European LaTeX: 2{,}5
     text = _SPACES.sub(" ", text)
@@ -107,14 +108,56 @@ def normalize(text: str) -> str:
 
 
 # Two numbers joined by an arithmetic operator, in a normalised answer: a calculation left undone ("4*10",
-# "21-1", "4 \times 10"), unless it is scientific notation (1.5 \times 10^{3}).
-_UNEVALUATED = re.compile(r"(?:\d|\))\s*(?:[-+*]|\\times|\\cdot|\\div)\s*[-+]?\(?\s*[-+]?\d")
+# "21-1", "4 \times 10"), or multiplied by juxtaposition ("(4)(10)", "4(10)", "(4)10"), unless it is
+# scientific notation (1.5 \times 10^{3}).
+_UNEVALUATED = re.compile(r"(?:\d|\))\s*(?:[-+*]|\\times|\\cdot|\\div)\s*[-+]?\(?\s*[-+]?\d"
+                          r"|(?:\d|\)|\})\s*\(\s*[-+]?\(?\s*\d|\)\s*\d")
 _SCIENTIFIC_FORM = re.compile(r"-?(?:\d+(?:\.\d+)?|\.\d+)\s*(?:\\times|\\cdot|\*)\s*10\^(?:\{-?\d+\}|-?\d+)")
 
 
 def unevaluated_arithmetic(text: str) -> bool:
-    """Is this normalised answer arithmetic on numbers that was not carried out (e.g. `4*10` for 40)?"""
+    """Is this normalised answer arithmetic on numbers that was not carried out (e.g. `4*10` for 40)?
+
+    Of a chain (`4*10=40`, `x=2\\cdot3+1=7`) only the value it ends on counts, as in `final_value`."""
+    text = final_value(text)
     return bool(_UNEVALUATED.search(text)) and not _SCIENTIFIC_FORM.fullmatch(text)
+
+
+def _top_level_sides(text: str) -> tuple[list[str], list[str]]:
+    """`a=b\\approx c` -> (["a", "b", "c"], ["=", "~"]), cutting only outside brackets."""
+    sides, ops, depth, start, i = [], [], 0, 0, 0
+    while i < len(text):
+        ch = text[i]
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth -= 1
+        elif depth == 0 and ch == "=" and text[i - 1:i] not in ("<", ">", "!") and text[i + 1:i + 2] != "=":
+            sides.append(text[start:i])
+            ops.append("=")
+            start = i + 1
+        elif depth == 0 and text.startswith(r"\approx", i):
+            sides.append(text[start:i])
+            ops.append("~")
+            start = i = i + len(r"\approx")
+            continue
+        i += 1
+    sides.append(text[start:])
+    return sides, ops
+
+
+def final_value(text: str) -> str:
+    """The value a chain of equalities ends on: `x=2\\cdot3+1=7` -> `7`; an approximation after an exact
+    value keeps the exact one: `\\frac{2}{3}\\approx0.67` -> `\\frac{2}{3}` (`x\\approx0.67` -> `0.67`)."""
+    sides, ops = _top_level_sides(text)
+    if not ops:
+        return text
+    if "~" in ops:
+        exact = sides[:ops.index("~") + 1]
+        if not re.search(r"[A-Za-z]", re.sub(r"\\[A-Za-z]+", "", exact[-1])):
+            return exact[-1]
+        return sides[ops.index("~") + 1]
+    return sides[-1]
 
 
 def plain_number(text: str) -> Fraction | None:
@@ -134,6 +177,28 @@ def decimal_places(text: str) -> int | None:
     return len(text.split(".")[1])
 
 
+_DECIMAL_LITERAL = re.compile(r"(?<![\d.])\d*\.\d+(?![\d.])")
+# An entry of a tuple, vector, matrix or an interval endpoint written as a decimal answers an exact gold entry
+# when it is that entry rounded to the digits written, with at least this many significant digits (0.67 for
+# 2/3, 1.4142 for sqrt 2; never 0.7 for 2/3).
+MIN_ROUNDED_ENTRY_DIGITS = 2
+
+
+def significant_digits(literal: str) -> int:
+    return len(re.sub(r"\D", "", literal).lstrip("0"))
+
+
+def decimal_literals(text: str) -> dict[Fraction, tuple[int, int]]:
+    """The decimal literals of an answer by absolute value: {3/4: (places, significant digits)} for `0.75`."""
+    found: dict[Fraction, tuple[int, int]] = {}
+    for match in _DECIMAL_LITERAL.finditer(text[:_MAX_PLAIN_NUMBER_CHARS * 4]):
+        literal = match.group()
+        value = Fraction(literal)
+        places = (len(literal.split(".")[1]), significant_digits(literal))
+        found[value] = min(found.get(value, places), places)  # `0.5` and `0.50`: the coarser one
+    return found
+
+
 @dataclass(frozen=True)
 class Tolerance:
     """How exactly two numbers must agree, given how the answers were written."""
@@ -143,13 +208,19 @@ class Tolerance:
     pred_has_decimal: bool  # the prediction contains a decimal literal: an approximation
     pred_places: int | None  # the prediction is a decimal literal with this many places...
     pred_significant: int  # ...and this many significant digits
+    gold_decimals: dict = field(default_factory=dict)  # decimal literals of each side, see `decimal_literals`
+    pred_decimals: dict = field(default_factory=dict)
+    entry: bool = False  # comparing entries of a tuple, vector, matrix or interval (see MIN_ROUNDED_ENTRY_DIGITS)
 
     @classmethod
     def for_texts(cls, gold_text: str, pred_text: str, rel_tol: float) -> Tolerance:
         pred_places = decimal_places(pred_text)
-        significant = len(re.sub(r"\D", "", pred_text).lstrip("0")) if pred_places is not None else 0
+        significant = significant_digits(pred_text) if pred_places is not None else 0
         return cls(rel_tol, decimal_places(gold_text), bool(re.search(r"\d*\.\d", pred_text)), pred_places,
-                   significant)
+                   significant, decimal_literals(gold_text), decimal_literals(pred_text))
+
+    def for_entries(self) -> Tolerance:
+        return replace(self, entry=True)
 
     def approximates(self, exact, approximation, unit_in_last_place) -> bool:
         """Is the decimal prediction a faithful approximation of the exact gold: within `rel_tol`, or

@@ -77,7 +77,7 @@ _TOKEN = re.compile(r"""
 _RELATIONS = {
     "=": "=", "<": "<", ">": ">", "<=": "<=", ">=": ">=", "=<": "<=", "=>": ">=", "!=": "!=",
     r"\le": "<=", r"\leq": "<=", r"\leqslant": "<=", r"\ge": ">=", r"\geq": ">=", r"\geqslant": ">=",
-    r"\lt": "<", r"\gt": ">", r"\ne": "!=", r"\neq": "!=", r"\approx": "=", r"\equiv": "=", r"\in": "in",
+    r"\lt": "<", r"\gt": ">", r"\ne": "!=", r"\neq": "!=", r"\approx": "~", r"\equiv": "=", r"\in": "in",
 }
 _FUNCTIONS = {
     "sin": sympy.sin, "cos": sympy.cos, "tan": sympy.tan, "cot": sympy.cot, "sec": sympy.sec, "csc": sympy.csc,
@@ -201,33 +201,59 @@ class Parser:
         return node
 
     def parse_list(self, end: tuple[str, ...] | None):
-        """Items separated by `,`/`;`/`or`/`and` up to one of `end` (or the end of input)."""
-        items = []
+        """Items separated by `,`/`;`/`or`/`and` up to one of `end` (or the end of input). `;` separates
+        groups of `,`-items: `a=1,b=2; a=3,b=4` is two solutions of two values each."""
+        groups: list[list[Any]] = [[]]
         while True:
             if end is not None and self.at(*end):
                 break
             if self.peek() is None:
                 break
-            items.append(self.parse_relation())
-            if self.at(",", ";") or (self.peek() and self.peek()[0] == "word" and self.peek()[1] in _SEPARATOR_WORDS):
+            groups[-1].append(self.parse_relation())
+            if self.at(";"):
+                self.advance()
+                groups.append([])
+                continue
+            if self.at(",") or (self.peek() and self.peek()[0] == "word" and self.peek()[1] in _SEPARATOR_WORDS):
                 self.advance()
                 continue
             break
+        groups = [group for group in groups if group]
+        if all(len(group) == 1 for group in groups):
+            items = [group[0] for group in groups]
+        else:
+            items = [group[0] if len(group) == 1 else Collection(tuple(group), braces=False) for group in groups]
         if len(items) == 1:
             return items[0]
+        if not items:
+            return None
         return Collection(tuple(items), braces=False)
 
     def parse_relation(self):
         self.enter()
-        sides = [self.parse_set_expression()]
+        sides = [self.parse_ratio()]
         ops = []
         while self.peek() is not None and self.peek()[1] in _RELATIONS and self.peek()[0] != "letter":
             ops.append(_RELATIONS[self.advance()[1]])
-            sides.append(self.parse_set_expression())
+            sides.append(self.parse_ratio())
         self.depth -= 1
         if not ops:
             return sides[0]
         return Relation(tuple(ops), tuple(sides))
+
+    def parse_ratio(self):
+        """`2:5` is the ratio 2/5 (`AB:CD = 2:5` then names it); a ratio of three parts is not read."""
+        left = self.parse_set_expression()
+        if not self.at(":"):
+            return left
+        self.advance()
+        right = self.parse_set_expression()
+        _require_expr(left, right)
+        if self.at(":"):
+            raise ParseError("a ratio of more than two parts")
+        if right == 0:
+            raise ParseError("a ratio to zero")
+        return left / right
 
     def parse_set_expression(self):
         left = self.parse_sum()
@@ -250,6 +276,9 @@ class Parser:
         while self.at("+", "-", r"\pm", r"\mp"):
             op = self.advance()[1]
             right = self.parse_term()
+            if isinstance(left, MatrixAnswer) or isinstance(right, MatrixAnswer):
+                left = matrix_arithmetic("+", left, matrix_arithmetic("*", sympy.Integer(self._sign(op)), right))
+                continue
             _require_expr(left, right)
             left = left + self._sign(op) * right
         return left
@@ -266,19 +295,21 @@ class Parser:
             if self.at("*", r"\cdot", r"\times", r"\ast"):
                 self.advance()
                 right = self.parse_unary()
-                _require_expr(left, right)
-                left = left * right
             elif self.at("/", r"\div", r"\over"):
                 self.advance()
                 right = self.parse_unary()
                 _require_expr(left, right)
                 left = left / right
+                continue
             elif self.starts_factor():
                 right = self.parse_power()
-                _require_expr(left, right)
-                left = left * right
             else:
                 return left
+            if isinstance(left, MatrixAnswer) or isinstance(right, MatrixAnswer):
+                left = matrix_arithmetic("*", left, right)
+                continue
+            _require_expr(left, right)
+            left = left * right
 
     def starts_factor(self) -> bool:
         """Can the next token begin a factor multiplied by juxtaposition (`2x`, `3\\pi`, `2(x+1)`)?"""
@@ -300,6 +331,8 @@ class Parser:
             sign = self._sign(self.advance()[1])
             operand = self.parse_unary()
             self.depth -= 1
+            if isinstance(operand, MatrixAnswer):
+                return matrix_arithmetic("*", sympy.Integer(sign), operand)
             _require_expr(operand)
             return sign * operand
         return self.parse_power()
@@ -311,6 +344,8 @@ class Parser:
             self.enter()
             exponent = self.parse_group() if self.at("{") else self.parse_unary()
             self.depth -= 1
+            if isinstance(base, MatrixAnswer):
+                return matrix_arithmetic("^", base, exponent)
             _require_expr(base, exponent)
             base = power(base, exponent)
             base = self.parse_postfix_operators(base)
@@ -592,6 +627,38 @@ class Parser:
 
 _BINARY_COMMANDS = {r"\cdot", r"\times", r"\div", r"\pm", r"\mp", r"\cup", r"\cap", r"\setminus", r"\over", r"\ast"}
 _CLOSERS = {r"\}", r"\rangle", r"\rfloor", r"\rceil", r"\rvert", r"\\", r"\%"}
+
+
+MAX_MATRIX_POWER = 20
+
+
+def matrix_arithmetic(op: str, left, right) -> MatrixAnswer:
+    """A sum, product or small integer power of matrix literals (and scalars), carried out entry by entry."""
+    try:
+        if op == "^":
+            if not (isinstance(right, sympy.Integer) and 0 < right <= MAX_MATRIX_POWER):
+                raise ParseError("matrix power")
+            result = _as_matrix(left) ** int(right)
+        elif op == "+":
+            if not (isinstance(left, MatrixAnswer) and isinstance(right, MatrixAnswer)):
+                raise ParseError("a matrix plus a scalar")
+            result = _as_matrix(left) + _as_matrix(right)
+        else:
+            left_value = _as_matrix(left) if isinstance(left, MatrixAnswer) else left
+            right_value = _as_matrix(right) if isinstance(right, MatrixAnswer) else right
+            _require_expr(*(v for v in (left_value, right_value) if not isinstance(v, sympy.MatrixBase)))
+            result = left_value * right_value
+    except (sympy.ShapeError, sympy.NonSquareMatrixError, TypeError, ValueError) as error:
+        raise ParseError(f"matrix arithmetic: {error}") from error
+    if not isinstance(result, sympy.MatrixBase):
+        raise ParseError("matrix arithmetic gave a scalar")
+    return MatrixAnswer(tuple(tuple(sympy.expand(entry) for entry in result.row(i)) for i in range(result.rows)))
+
+
+def _as_matrix(node: MatrixAnswer) -> sympy.ImmutableMatrix:
+    for row in node.rows:
+        _require_expr(*row)
+    return sympy.ImmutableMatrix([list(row) for row in node.rows])
 
 
 def _require_expr(*nodes) -> None:
