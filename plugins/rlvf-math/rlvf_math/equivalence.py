@@ -40,6 +40,8 @@ def equivalent(gold, pred, ctx: Context) -> bool:
         return _relation_equivalent(gold, pred, ctx)
     if isinstance(gold, sympy.Set) or isinstance(pred, sympy.Set):
         return _sets_equal(as_real_set(gold), as_real_set(pred), ctx)
+    if _inequalities(gold) or _inequalities(pred):  # `t > -1 and t < 2` against `(-1, 2)`
+        return _sets_equal(as_real_set(gold), as_real_set(pred), ctx)
     if isinstance(gold, Collection) or isinstance(pred, Collection):
         return _collection_equivalent(gold, pred, ctx)
     if isinstance(gold, (Bracketed, MatrixAnswer)) or isinstance(pred, (Bracketed, MatrixAnswer)):
@@ -47,6 +49,13 @@ def equivalent(gold, pred, ctx: Context) -> bool:
     if isinstance(gold, sympy.Expr) and isinstance(pred, sympy.Expr):
         return expressions_equal(gold, pred, ctx)
     return False
+
+
+def _inequalities(node) -> bool:
+    """A bare list of conditions on a variable, like `x < -1 or x > 2`."""
+    return isinstance(node, Collection) and not node.braces and all(
+        isinstance(item, Relation) and all(op in ("<", "<=", ">", ">=", "!=") for op in item.ops)
+        for item in node.items)
 
 
 def _drop_membership(node):
@@ -239,9 +248,11 @@ def _collection_equivalent(gold, pred, ctx: Context) -> bool:
         pred_items = (pred,)
     if max(len(gold_items), len(pred_items)) > _MAX_COLLECTION:
         return False
-    if isinstance(gold, Collection) and isinstance(pred, Collection):
-        # several solutions: a solution written twice is one solution
-        gold_items, pred_items = tuple(dict.fromkeys(gold_items)), tuple(dict.fromkeys(pred_items))
+    # several solutions: a solution written twice is one solution (a tuple keeps its repeats)
+    if isinstance(gold, Collection):
+        gold_items = tuple(dict.fromkeys(gold_items))
+    if isinstance(pred, Collection):
+        pred_items = tuple(dict.fromkeys(pred_items))
     both_sets = all(isinstance(n, Collection) and n.braces for n in (gold, pred))
     if len(gold_items) != len(pred_items) and not both_sets:
         return False
@@ -299,6 +310,8 @@ def expressions_equal(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
     if ctx.entry and _rounded_entry_match(gold, pred, ctx):
         return True
     if gold.is_Rational and pred.is_Rational:
+        if ctx.pred_has_decimal and not _written_decimal(pred, ctx.pred_decimals):
+            ctx = replace(ctx, pred_has_decimal=False)  # `\\frac{2}{3} \\approx 0.67` answers with 2/3, exact
         return numbers_match(Fraction(gold.p, gold.q), Fraction(pred.p, pred.q), ctx)
     return _numbers_close(gold, pred, ctx)
 

@@ -15,17 +15,18 @@ _ANSWER_PHRASE = re.compile(
 )
 _MATH_SEGMENT = re.compile(
     r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\.|[^$\\])+?)\$", re.DOTALL)
-# A number as written in prose: optional sign, thousands groups (`12,500`, `12 500`), a decimal point or a
-# decimal comma (`3,75`; not `1,2,3`, a list), a simple fraction. Digits glued to a letter before them are part
+# A number as written in prose: optional sign, thousands groups (`12,500`, `12 500`, `1.234,5`), a decimal
+# point or a decimal comma (`3,75`; not `1,2,3`, a list), a simple fraction. Digits glued to a letter before them are part
 # of a word (`QX7ZR`, `H2O`), not a number.
 _NUMBER = re.compile(r"""
-    (?<![A-Za-z\d.])-?(?<![A-Za-z\d.])
-    (?: \d{1,3}(?:,\d{3})+(?![\d]|,\d)
-      | \d{1,3}(?:[ \u00a0\u202f]\d{3})+(?!\d|[.,]\d)
+    (?<![A-Za-z\d.])[-−]?(?<![A-Za-z\d.])
+    (?: \d{1,3}(?:\.\d{3})+,\d+(?![\d.,]\d|\d)
+      | \d{1,3}(?:,\d{3})+(?![\d]|,\d)
+      | \d{1,3}(?:[ \u00a0\u202f]\d{3})+(?!\d)
       | \d+ )
     (?:\.\d+|,\d+(?![\d,]|\.\d))?
     (?:/\d+)?
-  | (?<![\w.])-?\.\d+
+  | (?<![\w.])[-−]?\.\d+
 """, re.VERBOSE)
 # Letters right after a number that make it a code, not a quantity with a unit (`7ZR`, `3B2`).
 _WORD_AFTER_NUMBER = re.compile(r"[A-Z]|[A-Za-z]+\d")
@@ -117,12 +118,21 @@ def _first_math(segment: str) -> str:
     return segment
 
 
+# Where the answer stated in prose ends: "12 dollars, since ...", "5 (the others fail)".
+_PROSE_CLAUSE = re.compile(r",\s+(?=[a-z]{2,}\b)|\s+\(|;\s")
+
+
 def answer_phrase(text: str) -> str | None:
     """The answer after the last "final answer is" / "answer:" in the text."""
     matches = list(_ANSWER_PHRASE.finditer(text))
     for match in reversed(matches):
         segment = _sentence(text[match.end():])
-        segment = _first_math(segment).strip().strip("*").strip()
+        math = _first_math(segment)
+        if math is segment:  # prose: the answer ends where a clause begins
+            segment = _PROSE_CLAUSE.split(segment, maxsplit=1)[0]
+        else:
+            segment = math
+        segment = segment.strip().strip("*").strip()
         if segment:
             return segment
     return None

@@ -27,7 +27,8 @@ _DEGREES = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|\\circ(?![a-zA-Z])|\\degree(?![a
 _DELIMITERS = re.compile(r"\\\$|\$|\\\(|\\\)|\\\[|\\\]")
 _THIN_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\\!|\{,\}|\\ |\\;)(?=\d{3}(?!\d))")
 _COMMA_THOUSANDS = re.compile(r"(?<![\d.,])([1-9]\d{0,2})((?:,\d{3})+)(?![\d,])")
-_SPACE_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:\.\d+)?")
+_SPACE_THOUSANDS = re.compile(r"-?\d{1,3}(?: \d{3})+(?:[.,]\d+)?")
+_DOT_THOUSANDS_DECIMAL_COMMA = re.compile(r"(-?\d{1,3}(?:\.\d{3})+),(\d+)")  # European 1.234,5
 # Words that are mathematics, never a unit to drop.
 MATH_WORDS = {"or", "and", "sin", "cos", "tan", "cot", "sec", "csc", "log", "ln", "exp", "sqrt", "pi",
               "arcsin", "arccos", "arctan", "sinh", "cosh", "tanh", "infty", "inf", "oo", "i", "e"}
@@ -104,6 +105,9 @@ def normalize(text: str) -> str:
         text = _COMMA_THOUSANDS.sub(lambda m: m.group(1) + m.group(2).replace(",", ""), text)
     if _SPACE_THOUSANDS.fullmatch(text):
         text = text.replace(" ", "")
+    european = _DOT_THOUSANDS_DECIMAL_COMMA.fullmatch(text)
+    if european:
+        text = european.group(1).replace(".", "") + "." + european.group(2)
     return _LOOSE_SPACE.sub("", text)
 
 

@@ -43,9 +43,11 @@ class Bracketed:
 
 @dataclass(frozen=True)
 class Collection:
-    """Answers whose order does not matter: `\\{1, 2\\}` (braces) or a bare list `2, 3` / `2 or 3`."""
+    """Answers whose order does not matter: `\\{1, 2\\}` (braces) or a bare list `2, 3` / `2 or 3`.
+    `conjunction`: joined by "and" only, so as conditions on a variable they all hold (`x > 1 and x < 3`)."""
     items: tuple[Any, ...]
     braces: bool
+    conjunction: bool = False
 
 
 @dataclass(frozen=True)
@@ -204,6 +206,7 @@ class Parser:
         """Items separated by `,`/`;`/`or`/`and` up to one of `end` (or the end of input). `;` separates
         groups of `,`-items: `a=1,b=2; a=3,b=4` is two solutions of two values each."""
         groups: list[list[Any]] = [[]]
+        separators = set()
         while True:
             if end is not None and self.at(*end):
                 break
@@ -211,23 +214,23 @@ class Parser:
                 break
             groups[-1].append(self.parse_relation())
             if self.at(";"):
-                self.advance()
+                separators.add(self.advance()[1])
                 groups.append([])
                 continue
             if self.at(",") or (self.peek() and self.peek()[0] == "word" and self.peek()[1] in _SEPARATOR_WORDS):
-                self.advance()
+                separators.add(self.advance()[1])
                 continue
             break
         groups = [group for group in groups if group]
-        if all(len(group) == 1 for group in groups):
-            items = [group[0] for group in groups]
+        if len(groups) == 1 or all(len(group) == 1 for group in groups):
+            items = [item for group in groups for item in group]
         else:
             items = [group[0] if len(group) == 1 else Collection(tuple(group), braces=False) for group in groups]
         if len(items) == 1:
             return items[0]
         if not items:
             return None
-        return Collection(tuple(items), braces=False)
+        return Collection(tuple(items), braces=False, conjunction=separators == {"and"})
 
     def parse_relation(self):
         self.enter()
@@ -636,9 +639,14 @@ def matrix_arithmetic(op: str, left, right) -> MatrixAnswer:
     """A sum, product or small integer power of matrix literals (and scalars), carried out entry by entry."""
     try:
         if op == "^":
-            if not (isinstance(right, sympy.Integer) and 0 < right <= MAX_MATRIX_POWER):
+            if right == sympy.Symbol("T"):
+                result = _as_matrix(left).T
+            elif isinstance(right, sympy.Integer) and right == -1:
+                result = _as_matrix(left).inv()
+            elif isinstance(right, sympy.Integer) and 0 < right <= MAX_MATRIX_POWER:
+                result = _as_matrix(left) ** int(right)
+            else:
                 raise ParseError("matrix power")
-            result = _as_matrix(left) ** int(right)
         elif op == "+":
             if not (isinstance(left, MatrixAnswer) and isinstance(right, MatrixAnswer)):
                 raise ParseError("a matrix plus a scalar")
@@ -684,7 +692,7 @@ def as_real_set(node) -> sympy.Set | None:
     if isinstance(node, Collection) and not node.braces:
         parts = [as_real_set(item) for item in node.items]
         if all(part is not None for part in parts):
-            return sympy.Union(*parts)
+            return sympy.Intersection(*parts) if node.conjunction else sympy.Union(*parts)
         return None
     if isinstance(node, Relation):
         return _relation_as_set(node)
