@@ -8,6 +8,12 @@
 Torch-free and independent of `rlvf`: a reward-worker machine installs only this.
 """
 
+from rlvf_sandbox.function_tests import (
+    FunctionTestReport,
+    FunctionTests,
+    function_test_job,
+    run_function_tests,
+)
 from rlvf_sandbox.sandbox import (
     RunResult,
     Sandbox,
@@ -19,11 +25,15 @@ from rlvf_sandbox.sandbox import (
 
 __version__ = "0.1.0"
 __all__ = [
+    "FunctionTestReport",
+    "FunctionTests",
     "RunResult",
     "Sandbox",
     "SandboxError",
     "SandboxUnavailable",
     "UnisolatedWarning",
     "__version__",
+    "function_test_job",
     "parse_size",
+    "run_function_tests",
 ]

@@ -215,14 +215,18 @@ class Sandbox:
         files: Mapping[str, bytes | str] | None = None,
         timeout: float | None = None,
         memory: int | str | None = None,
+        cache_compiled: bool = False,
     ) -> RunResult:
         """Run Python source `code` (with `args` as sys.argv[1:]) or the command `argv`, both in a fresh
-        private /tmp holding `files` (relative paths). `stdin`, `timeout` and `memory` apply to this run."""
+        private /tmp holding `files` (relative paths). `stdin`, `timeout` and `memory` apply to this run.
+        `cache_compiled`: each worker compiles `code` once and keeps it; only for trusted source run many
+        times (a test harness), since the worker itself compiles it."""
         if (code is None) == (argv is None):
             raise ValueError("pass exactly one of `code` (Python source) or `argv` (a command)")
         timeout = self.timeout if timeout is None else float(timeout)
         request = self._request(code, argv, args, stdin, files or {}, timeout,
                                 self.memory if memory is None else parse_size(memory))
+        request["cache_compiled"] = cache_compiled and request["code"] is not None
         worker = self._acquire()
         try:
             reply = worker.call(request, timeout + HOST_GRACE_SECONDS)

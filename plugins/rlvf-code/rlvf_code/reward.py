@@ -13,16 +13,8 @@ from typing import Any, Literal
 from rlvf.errors import RewardError
 from rlvf.text import completion_text
 from rlvf_code.extract import EXTRACTIONS, Extraction, extract_code
-from rlvf_code.testcases import (
-    TestSuite,
-    harness_program,
-    harness_timeout,
-    normalise_output,
-    parse_tests,
-    passed_statements,
-    with_prompt,
-)
-from rlvf_sandbox import Sandbox
+from rlvf_code.testcases import TestSuite, normalise_output, parse_tests, setup_code, with_prompt
+from rlvf_sandbox import FunctionTests, Sandbox, function_test_job
 
 PrependPrompt = Literal["auto", "always", "never"]
 METRIC_NAMES = ("runs", "tests", "tests_passed", "timeouts", "killed", "sandbox_seconds", "cache_hits",
@@ -36,6 +28,7 @@ class _Job:
     key: str
     code: str
     suite: TestSuite
+    setup: str  # trusted code the tests run next to (the problem's prompt)
 
 
 class CodeReward:
@@ -116,9 +109,10 @@ class CodeReward:
                 self._count(no_code=1)
                 scores[i] = 0.0
                 continue
-            key = _cache_key(code, suite, self.timeout, self.memory)
+            setup = setup_code(code_prompts[i]) if suite.entry_point else ""
+            key = _cache_key(code, suite, setup, self.timeout, self.memory)
             row_keys[i] = key
-            jobs.setdefault(key, _Job(key, code, suite))
+            jobs.setdefault(key, _Job(key, code, suite, setup))
         outcomes = self._outcomes(list(jobs.values()))
         for i, key in row_keys.items():
             passed, total = outcomes[key]
@@ -160,10 +154,10 @@ class CodeReward:
         """(run keyword arguments, function of the RunResult giving the number of tests passed) pairs."""
         suite = job.suite
         if suite.statements:
-            source, nonce = harness_program(job.code, suite.statements, self.timeout)
-            n = len(suite.statements)
-            yield ({"code": source, "stdin": nonce + "\n", "timeout": harness_timeout(n, self.timeout)},
-                   lambda result: sum(passed_statements(result.stdout, nonce, n)))
+            run, read_report = function_test_job(FunctionTests(
+                candidate=job.code, tests=suite.statements, setup=job.setup, entry_point=suite.entry_point,
+                per_test_seconds=self.timeout))
+            yield run, lambda result: read_report(result).n_passed
         for case in suite.cases:
             expected = normalise_output(case.output)
             yield ({"code": job.code, "stdin": case.input, "timeout": self.timeout},
@@ -191,6 +185,7 @@ def _column(columns: dict[str, Sequence[Any]], name: str) -> Sequence[Any]:
     return columns[name]
 
 
-def _cache_key(code: str, suite: TestSuite, timeout: float, memory: str) -> str:
-    payload = json.dumps([code, suite.statements, [(c.input, c.output) for c in suite.cases], timeout, memory])
+def _cache_key(code: str, suite: TestSuite, setup: str, timeout: float, memory: str) -> str:
+    payload = json.dumps([code, suite.statements, [(c.input, c.output) for c in suite.cases], setup, timeout,
+                          memory])
     return hashlib.sha256(payload.encode()).hexdigest()

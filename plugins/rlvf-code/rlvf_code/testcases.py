@@ -5,9 +5,9 @@
 - Stdin/stdout: `tests` is a list of `{"input": ..., "output": ...}` (or APPS' `{"inputs": [...],
   "outputs": [...]}`); one run per case, stdout compared with whitespace normalised.
 
-HumanEval and assert tests run in a single program: a harness executes the candidate, then each test
-with its own time limit, and reports each pass tagged with a random nonce it read from stdin before the
-candidate ran. So a candidate that exits early (`sys.exit(0)`) or prints fake results scores nothing.
+HumanEval and assert tests run through rlvf-sandbox's function tests: the tests run in a trusted harness
+process, the candidate in another one, and only plain data crosses between them (`rlvf_sandbox.
+function_tests`). A stdin/stdout program runs alone; the expected output never enters the sandbox.
 """
 
 from __future__ import annotations
@@ -15,52 +15,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-# Seconds granted on top of the per-test budgets for the interpreter and harness themselves.
-HARNESS_OVERHEAD_SECONDS = 1.0
-
-# The nonce stays a local of _main (not a global a candidate could read through `import __main__`).
-# In-process tests cannot be made tamper-proof against a deliberate attacker (an object whose __eq__ is
-# always true passes any assert); the nonce stops early exits and printed fake reports.
-_HARNESS = '''\
-def _main(candidate, tests, budget):
-    import os, signal, sys
-    nonce = sys.stdin.readline().strip()
-    report = os.dup(1)  # reports survive a candidate that closes or redirects stdout
-
-    class TestTimeout(BaseException):
-        pass
-
-    def on_alarm(signum, frame):
-        raise TestTimeout()
-
-    signal.signal(signal.SIGALRM, on_alarm)
-    namespace = {"__name__": "solution", "__builtins__": __builtins__}
-
-    def run(source, filename):
-        signal.setitimer(signal.ITIMER_REAL, budget)
-        try:
-            exec(compile(source, filename, "exec"), namespace)
-            return True
-        except BaseException as exc:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            print(filename, "failed:", type(exc).__name__, str(exc)[:200], file=sys.stderr)
-            return False
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    if run(candidate, "solution.py"):
-        for index, test in enumerate(tests):
-            if run(test, "test_%%d.py" %% index):
-                os.write(report, ("%%s %%d\\n" %% (nonce, index)).encode())
-
-
-_main(%(candidate)r, %(tests)r, %(budget)r)
-'''
 
 
 @dataclass(frozen=True)
@@ -108,24 +65,16 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def harness_program(candidate: str, statements: Sequence[str], per_test_seconds: float) -> tuple[str, str]:
-    """The program running `statements` against `candidate`, and the nonce to feed it on stdin."""
-    source = _HARNESS % {"candidate": candidate, "tests": list(statements), "budget": float(per_test_seconds)}
-    return source, secrets.token_hex(16)
-
-
-def harness_timeout(n_statements: int, per_test_seconds: float) -> float:
-    return per_test_seconds * (n_statements + 1) + HARNESS_OVERHEAD_SECONDS
-
-
-def passed_statements(stdout: bytes, nonce: str, n_statements: int) -> list[bool]:
-    """Which statements the harness reported as passed (only lines carrying this run's nonce count)."""
-    passed = [False] * n_statements
-    for line in stdout.decode(errors="replace").splitlines():
-        tag, _, index = line.strip().partition(" ")
-        if tag == nonce and index.isdigit() and int(index) < n_statements:
-            passed[int(index)] = True
-    return passed
+def setup_code(code_prompt: str | None) -> str:
+    """The trusted code a function-body completion continues (HumanEval's prompt: imports and helpers the
+    tests call, such as `poly` or `encode_cyclic`), when it is Python; else nothing."""
+    if not code_prompt:
+        return ""
+    try:
+        compile(code_prompt, "prompt.py", "exec")
+    except (SyntaxError, ValueError):
+        return ""
+    return code_prompt
 
 
 def normalise_output(text: str) -> list[str]:
