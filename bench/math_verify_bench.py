@@ -1,6 +1,9 @@
 """Compare rlvf-math with Hugging Face's Math-Verify: verifications per second and agreement.
 
-    .venv/bin/python bench/math_verify_bench.py [--cases tests/data/math/cases.jsonl] [--workers 2] [--repeat 3]
+    .venv/bin/python bench/math_verify_bench.py [--cases FILE [FILE ...]] [--workers 2] [--repeat 4]
+
+By default both labelled suites run, tests/data/math/cases.jsonl and tests/data/math/field_cases.jsonl; each
+file gets a row per verifier with its agreement with the labels and its false positives and negatives apart.
 
 Math-Verify is never a dependency of rlvf or rlvf-math: it runs in its own venv (`.venv-bench`, created
 and filled with `pip install math-verify[antlr4_13_2]` on first use, or `--math-verify-python PATH`),
@@ -20,7 +23,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = ROOT / "tests" / "data" / "math" / "cases.jsonl"
+DEFAULT_CASES = [ROOT / "tests" / "data" / "math" / "cases.jsonl", ROOT / "tests" / "data" / "math" / "field_cases.jsonl"]
 BENCH_VENV = ROOT / ".venv-bench"
 
 # Runs inside the Math-Verify venv: argv = cases file, workers, repeat; prints one JSON object.
@@ -101,42 +104,45 @@ def run_rlvf_math(cases: list[dict], workers: int, repeat: int, timeout: float) 
             "timeouts": metrics["timeouts"]}
 
 
+def _display(path: Path) -> Path:
+    return path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=Path, default=DEFAULT_CASES, help="JSONL with gold, completion, expected")
+    parser.add_argument("--cases", type=Path, nargs="+", default=DEFAULT_CASES,
+                        help="JSONL files with gold, completion, expected (default: both suites)")
     parser.add_argument("--workers", type=int, default=2, help="processes for each verifier")
     parser.add_argument("--repeat", type=int, default=4, help="copies of each completion in the batch row")
     parser.add_argument("--timeout", type=float, default=5.0, help="rlvf-math time limit per verification")
     parser.add_argument("--math-verify-python", help="a python that has math-verify installed")
     args = parser.parse_args()
+    python = math_verify_python(args.math_verify_python)
 
-    cases = [json.loads(line) for line in args.cases.read_text().splitlines() if line.strip()]
-    expected = [bool(c["expected"]) for c in cases]
-    ours = run_rlvf_math(cases, args.workers, args.repeat, args.timeout)
-    theirs = run_math_verify(math_verify_python(args.math_verify_python), args.cases, args.workers, args.repeat)
-
-    def accuracy(verdicts):
-        return sum(v == e for v, e in zip(verdicts, expected, strict=True)) / len(cases)
-
-    def wrong(verdicts, label):
-        return sum(v and not e for v, e in zip(verdicts, expected, strict=True)) if label else sum(
-            e and not v for v, e in zip(verdicts, expected, strict=True))
-
-    n = len(cases)
-    source = args.cases.relative_to(ROOT) if args.cases.is_relative_to(ROOT) else args.cases
-    print(f"{n} (gold, completion) pairs from {source}, {args.workers} worker processes each\n")
-    header = (f"{'verifier':<12} {'verif/s':>9} {'verif/s x' + str(args.repeat):>12} {'agree w/ labels':>16} "
-              f"{'false pos':>10} {'false neg':>10}")
+    header = (f"{'cases':<36} {'verifier':<12} {'pairs':>6} {'verif/s':>9} {'verif/s x' + str(args.repeat):>12} "
+              f"{'agree w/ labels':>16} {'false pos':>10} {'false neg':>10}")
+    print(f"{args.workers} worker processes for each verifier\n")
     print(header)
     print("-" * len(header))
-    for name, result in (("rlvf-math", ours), ("Math-Verify", theirs)):
-        print(f"{name:<12} {n / result['seconds']:>9.0f} {n * args.repeat / result['repeat_seconds']:>12.0f} "
-              f"{accuracy(result['verdicts']):>16.1%} {wrong(result['verdicts'], True):>10} "
-              f"{wrong(result['verdicts'], False):>10}")
-    agreement = sum(a == b for a, b in zip(ours["verdicts"], theirs["verdicts"], strict=True)) / n
-    speedup = theirs["seconds"] / ours["seconds"]
-    print(f"\nrlvf-math vs Math-Verify: {speedup:.1f}x the verifications/s, same verdict on {agreement:.1%} of pairs;"
-          f" rlvf-math timeouts: {ours['timeouts']:.0f}")
+    notes = []
+    for path in args.cases:
+        cases = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        expected = [bool(c["expected"]) for c in cases]
+        ours = run_rlvf_math(cases, args.workers, args.repeat, args.timeout)
+        theirs = run_math_verify(python, path, args.workers, args.repeat)
+        n = len(cases)
+        for name, result in (("rlvf-math", ours), ("Math-Verify", theirs)):
+            verdicts = result["verdicts"]
+            agree = sum(v == e for v, e in zip(verdicts, expected, strict=True)) / n
+            false_pos = sum(v and not e for v, e in zip(verdicts, expected, strict=True))
+            false_neg = sum(e and not v for v, e in zip(verdicts, expected, strict=True))
+            print(f"{str(_display(path)):<36} {name:<12} {n:>6} {n / result['seconds']:>9.0f} "
+                  f"{n * args.repeat / result['repeat_seconds']:>12.0f} {agree:>16.1%} {false_pos:>10} {false_neg:>10}")
+        same = sum(a == b for a, b in zip(ours["verdicts"], theirs["verdicts"], strict=True)) / n
+        notes.append(f"{_display(path)}: rlvf-math {theirs['seconds'] / ours['seconds']:.1f}x the verifications/s "
+                     f"of Math-Verify, same verdict on {same:.1%} of pairs, rlvf-math timeouts: {ours['timeouts']:.0f}")
+    print()
+    print("\n".join(notes))
 
 
 if __name__ == "__main__":
