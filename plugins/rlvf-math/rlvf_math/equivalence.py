@@ -309,9 +309,9 @@ def expressions_equal(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
         return _symbolic_equal(gold, pred)
     if ctx.entry and _rounded_entry_match(gold, pred, ctx):
         return True
+    if ctx.pred_has_decimal and not any(_written_decimal(atom, ctx.pred_decimals) for atom in pred.atoms(sympy.Rational)):
+        ctx = replace(ctx, pred_has_decimal=False)  # `\\frac{2}{3} \\approx 0.67` answers with 2/3, exact
     if gold.is_Rational and pred.is_Rational:
-        if ctx.pred_has_decimal and not _written_decimal(pred, ctx.pred_decimals):
-            ctx = replace(ctx, pred_has_decimal=False)  # `\\frac{2}{3} \\approx 0.67` answers with 2/3, exact
         return numbers_match(Fraction(gold.p, gold.q), Fraction(pred.p, pred.q), ctx)
     return _numbers_close(gold, pred, ctx)
 

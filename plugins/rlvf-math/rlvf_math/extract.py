@@ -25,7 +25,7 @@ _NUMBER = re.compile(r"""
       | \d{1,3}(?:[ \u00a0\u202f]\d{3})+(?!\d)
       | \d+ )
     (?:\.\d+|,\d+(?![\d,]|\.\d))?
-    (?:/\d+)?
+    (?:\s?/\s?\d+(?![\d.,]\d))?
   | (?<![\w.])[-−]?\.\d+
 """, re.VERBOSE)
 # Letters right after a number that make it a code, not a quantity with a unit (`7ZR`, `3B2`).
@@ -250,7 +250,7 @@ def final_side(expression: str) -> str:
     return last
 def extract_answer(completion: str) -> str | None:
     """The final answer of a model completion, or None if it states none."""
-    text = completion[-MAX_SEARCH_CHARS:]
+    text = completion[-MAX_SEARCH_CHARS:].replace("\\!", "")  # a negative thin space: `7,\!250` is 7,250
     for finder in (last_boxed, gsm8k_answer, answer_phrase, last_expression):
         found = finder(text)
         if found and found.strip():

@@ -213,7 +213,7 @@ class Parser:
             if self.peek() is None:
                 break
             groups[-1].append(self.parse_relation())
-            if self.at(";"):
+            if self.at(";") or (self.peek() and self.peek()[0] == "word" and self.peek()[1] == "or"):
                 separators.add(self.advance()[1])
                 groups.append([])
                 continue
@@ -222,7 +222,9 @@ class Parser:
                 continue
             break
         groups = [group for group in groups if group]
-        if len(groups) == 1 or all(len(group) == 1 for group in groups):
+        # `or` groups only labelled values (`a=1,b=2 or a=3,b=4`); in `1, 2 or 3` it lists like a comma
+        or_lists = "or" in separators and not all(isinstance(item, Relation) for group in groups for item in group)
+        if len(groups) == 1 or all(len(group) == 1 for group in groups) or or_lists:
             items = [item for group in groups for item in group]
         else:
             items = [group[0] if len(group) == 1 else Collection(tuple(group), braces=False) for group in groups]
