@@ -31,7 +31,7 @@ _EQUATION_OPS = ("=", "!=")
 
 
 def equivalent(gold, pred, ctx: Context) -> bool:
-    gold, pred = _reduce_relation(gold, ctx), _reduce_relation(pred, ctx)
+    gold, pred = _reduce_relation(gold, ctx, ctx.gold_decimals), _reduce_relation(pred, ctx, ctx.pred_decimals)
     if type(gold) is type(pred) and gold == pred:
         return True
     if isinstance(gold, (Text, Choice)) or isinstance(pred, (Text, Choice)):
@@ -65,7 +65,7 @@ def _drop_membership(node):
     return node
 
 
-def _reduce_relation(node, ctx: Context):
+def _reduce_relation(node, ctx: Context, decimals: dict):
     """A relation as what it states: `x \\in [1, 2]` -> `[1, 2]`, `\\frac{2}{3} \\approx 0.67` -> 2/3,
     `x = 2 \\cdot 3 + 1 = 7` -> `x = 7`, `4 \\cdot 10 = 40` -> 40. Anything else stays as it is."""
     node = _drop_membership(node)
@@ -73,7 +73,7 @@ def _reduce_relation(node, ctx: Context):
         return node
     node = _without_approximation(node)
     if isinstance(node, Relation) and all(op == "=" for op in node.ops):
-        return _equality_chain_value(node, ctx)
+        return _equality_chain_value(node, ctx, decimals)
     return node
 
 
@@ -89,7 +89,7 @@ def _without_approximation(relation: Relation):
     return Relation(ops, sides) if ops else sides[0]
 
 
-def _equality_chain_value(relation: Relation, ctx: Context):
+def _equality_chain_value(relation: Relation, ctx: Context, decimals: dict):
     """`name = a = b = value` -> `name = value`; `a = value` with no name -> value. The sides without
     variables must all be equal (or the last one a faithful rounding of them): `x = 5 = 6` stays a relation,
     which answers nothing."""
@@ -108,7 +108,7 @@ def _equality_chain_value(relation: Relation, ctx: Context):
     value = values[-1]
     for earlier in constants[:-1]:
         if not expressions_equal(earlier, constants[-1], replace(ctx, entry=False)):
-            if value is constants[-1] and _rounded_entry(earlier, constants[-1], ctx.pred_decimals):
+            if value is constants[-1] and _rounded_entry(earlier, constants[-1], decimals):
                 value = earlier  # `x = \\frac{2}{3} = 0.67`: the exact value, as with \\approx
                 continue
             return relation
