@@ -37,6 +37,8 @@ _PROSE_LABEL = re.compile(r"(?<![\w\\])([A-Za-z](?:_\w+)?)\s*=\s*$")
 # What may separate math segments (`$x=1$ and $x=-2$`) or gold boxes that make one answer.
 _CONNECTOR_GAP = re.compile(r"[\s$]*(?:,|;|\\quad|\\text\s*\{\s*(?:,|and|or)?\s*\}|,?\s*(?:and|or))?[\s$]*",
                             re.IGNORECASE)
+# LaTeX written without `$` delimiters around the last number: `\\frac{7}{4}`, `-3\\sqrt{2}`.
+_BARE_LATEX = re.compile(r"[-−]?(?:\\[A-Za-z]+\s*|[{}^_\d.+*/()-])*\\[A-Za-z]+(?:\\[A-Za-z]+\s*|[{}^_\d.+*/()-])*")
 # Brackets around the last number of a text that make it one answer: `(1, 4)`, `{2, 5}`, `[0, 3)`.
 _NUMERIC_GROUP = re.compile(r"[\s\d.,;/+-]*")
 # Boxed answers this close together on one line are one answer listed in parts ("\boxed{2} and \boxed{3}").
@@ -165,6 +167,10 @@ def _last_number(text: str, numbers: list[re.Match]) -> str:
     """The last number of a text, with the numbers listed just before it (`2, 5`, `x = 1 or x = -2`) or the
     brackets around it (`(1, 4)`): a list stays a list, so that it answers a gold list and never a single value."""
     last = numbers[-1]
+    for latex in _BARE_LATEX.finditer(text, max(0, last.start() - 200), min(len(text), last.end() + 200)):
+        if latex.start() <= last.start() and last.end() <= latex.end() and latex.group().count("{") == latex.group(
+                ).count("}"):
+            return latex.group().strip()
     group = _enclosing_numeric_group(text, last.start(), last.end())
     if group:
         return text[group[0]:group[1]]
