@@ -8,8 +8,9 @@ callee left them (in-place changes), or the builtin exception it raised. Whateve
 its own process (patch builtins or modules, walk frames or the garbage collector, exit, close
 descriptors, print, fork, signal, `atexit`) cannot touch this interpreter, its tests or its verdicts:
 
-- the child closes every descriptor but its two pipes and gets /dev/null for stdin, stdout and stderr,
-  so it can neither write the report nor read the tests, which arrive on stdin only after it was forked;
+- the child closes every descriptor but its two pipes and the run's stderr (where its stdout goes too,
+  size-capped like any output), and reads /dev/null as stdin: it can neither write the report nor read
+  the tests, which arrive on stdin only after it was forked;
 - this process is non-dumpable, so a same-uid child can neither ptrace it nor open /proc/PPID/fd or mem;
 - the import path holds only the read-only standard library (the child shares the writable work dir);
 - only exact builtin types cross the pipe (`decode` builds them; nothing else can be expressed), so no
@@ -151,10 +152,11 @@ def serve_candidate(source, requests, replies):
     os.dup2(requests, 3)
     os.dup2(replies, 4)
     os.closerange(5, 1 << 16)
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
+    # stdout joins stderr, the run's (size-capped) details; stdin is empty.
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
     os.close(null)
+    os.dup2(2, 1)
     for signum in (signal.SIGALRM, signal.SIGINT):
         signal.signal(signum, signal.SIG_DFL)
     sys.stdin = open(0, closefd=False)  # noqa: SIM115
@@ -260,12 +262,12 @@ class Child:
         if type(reply) is not list or len(reply) < 2 or reply[0] not in ("returned", "raised", "refused"):
             raise CandidateFailed("malformed reply")
         outcome = reply[0]
-        if outcome == "returned" and len(reply) == 3:
-            value = decode(reply[1])
-        elif outcome in ("raised", "refused") and len(reply) == 4 and all(type(x) is str for x in reply[1:3]):
-            value = None
-        else:
+        well_formed = {"returned": len(reply) == 3,
+                       "raised": len(reply) == 4 and type(reply[1]) is str and type(reply[2]) is str,
+                       "refused": len(reply) == 3 and type(reply[1]) is str}[outcome]
+        if not well_formed:
             raise CandidateFailed("malformed reply")
+        value = decode(reply[1]) if outcome == "returned" else None
         moved = reply[-1]
         if moved is not None:
             if type(moved) is not list or len(moved) != 2:
@@ -273,7 +275,7 @@ class Child:
             new_args, new_kwargs = decode(moved[0]), decode(moved[1])
             if type(new_args) is not list or len(new_args) != len(args) or type(new_kwargs) is not dict:
                 raise CandidateFailed("malformed reply")
-            for old, new in zip(args, new_args):  # noqa: B905
+            for old, new in zip(args, new_args):
                 refresh(old, new)
             for key, old in kwargs.items():
                 if key in new_kwargs:
@@ -317,7 +319,7 @@ def _exception(name, message):
 def refresh(old, new):
     """Make the caller's argument `old` hold what the callee left in `new`, in place where it is mutable."""
     if type(old) is list and type(new) is list:
-        old[:] = [refresh(o, n) for o, n in zip(old, new)]  # noqa: B905 (runs on the sandbox python, which may predate strict=) + new[len(old):]
+        old[:] = [refresh(o, n) for o, n in zip(old, new)] + new[len(old):]
         return old
     if type(old) is dict and type(new) is dict:
         merged = {key: refresh(old[key], value) if key in old else value for key, value in new.items()}
@@ -329,7 +331,7 @@ def refresh(old, new):
         old.update(new)
         return old
     if type(old) is tuple and type(new) is tuple and len(old) == len(new):
-        for o, n in zip(old, new):  # noqa: B905
+        for o, n in zip(old, new):
             refresh(o, n)
         return old
     return new
