@@ -23,7 +23,7 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = [ROOT / "tests" / "data" / "math" / "cases.jsonl", ROOT / "tests" / "data" / "math" / "field_cases.jsonl"]
+DEFAULT_CASES = [ROOT / "tests" / "data" / "math" / name for name in ("cases.jsonl", "field_cases.jsonl")]
 BENCH_VENV = ROOT / ".venv-bench"
 
 # Runs inside the Math-Verify venv: argv = cases file, workers, repeat; prints one JSON object.
@@ -136,7 +136,7 @@ def main() -> None:
             agree = sum(v == e for v, e in zip(verdicts, expected, strict=True)) / n
             false_pos = sum(v and not e for v, e in zip(verdicts, expected, strict=True))
             false_neg = sum(e and not v for v, e in zip(verdicts, expected, strict=True))
-            print(f"{str(_display(path)):<36} {name:<12} {n:>6} {n / result['seconds']:>9.0f} "
+            print(f"{_display(path)!s:<36} {name:<12} {n:>6} {n / result['seconds']:>9.0f} "
                   f"{n * args.repeat / result['repeat_seconds']:>12.0f} {agree:>16.1%} {false_pos:>10} {false_neg:>10}")
         same = sum(a == b for a, b in zip(ours["verdicts"], theirs["verdicts"], strict=True)) / n
         notes.append(f"{_display(path)}: rlvf-math {theirs['seconds'] / ours['seconds']:.1f}x the verifications/s "

@@ -14,8 +14,8 @@ from typing import Any
 import mpmath  # shipped with sympy
 import sympy
 
-from rlvf_math.normalize import Tolerance as Context
 from rlvf_math.normalize import MIN_ROUNDED_ENTRY_DIGITS, numbers_match
+from rlvf_math.normalize import Tolerance as Context
 from rlvf_math.parse import Bracketed, Choice, Collection, MatrixAnswer, Relation, Text, as_real_set
 
 _PRECISION = 40  # digits for numeric comparison of exact expressions
@@ -85,7 +85,7 @@ def _without_approximation(relation: Relation):
     cut = relation.ops.index("~")
     sides, ops = relation.sides[:cut + 1], relation.ops[:cut]
     if _is_name(sides[-1]):
-        return Relation(ops + ("=",), sides + (relation.sides[cut + 1],))
+        return Relation((*ops, "="), (*sides, relation.sides[cut + 1]))
     return Relation(ops, sides) if ops else sides[0]
 
 
@@ -309,7 +309,8 @@ def expressions_equal(gold: sympy.Expr, pred: sympy.Expr, ctx: Context) -> bool:
         return _symbolic_equal(gold, pred)
     if ctx.entry and _rounded_entry_match(gold, pred, ctx):
         return True
-    if ctx.pred_has_decimal and not any(_written_decimal(atom, ctx.pred_decimals) for atom in pred.atoms(sympy.Rational)):
+    written = ctx.pred_decimals
+    if ctx.pred_has_decimal and not any(_written_decimal(atom, written) for atom in pred.atoms(sympy.Rational)):
         ctx = replace(ctx, pred_has_decimal=False)  # `\\frac{2}{3} \\approx 0.67` answers with 2/3, exact
     if gold.is_Rational and pred.is_Rational:
         return numbers_match(Fraction(gold.p, gold.q), Fraction(pred.p, pred.q), ctx)

@@ -16,8 +16,8 @@ _ANSWER_PHRASE = re.compile(
 _MATH_SEGMENT = re.compile(
     r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\\\((.+?)\\\)|(?<!\\)\$((?:\\.|[^$\\])+?)\$", re.DOTALL)
 # A number as written in prose: optional sign, thousands groups (`12,500`, `12 500`, `1.234,5`), a decimal
-# point or a decimal comma (`3,75`; not `1,2,3`, a list), a simple fraction. Digits glued to a letter before them are part
-# of a word (`QX7ZR`, `H2O`), not a number.
+# point or a decimal comma (`3,75`; not `1,2,3`, a list), a simple fraction. Digits glued to a letter before
+# them are part of a word (`QX7ZR`, `H2O`), not a number.
 _NUMBER = re.compile(r"""
     (?<![A-Za-z\d.])[-−]?(?<![A-Za-z\d.])
     (?: \d{1,3}(?:\.\d{3})+,\d+(?![\d.,]\d|\d)
@@ -38,7 +38,8 @@ _PROSE_LABEL = re.compile(r"(?<![\w\\])([A-Za-z](?:_\w+)?)\s*=\s*$")
 _CONNECTOR_GAP = re.compile(r"[\s$]*(?:,|;|\\quad|\\text\s*\{\s*(?:,|and|or)?\s*\}|,?\s*(?:and|or))?[\s$]*",
                             re.IGNORECASE)
 # LaTeX written without `$` delimiters around the last number: `\\frac{7}{4}`, `-3\\sqrt{2}`.
-_BARE_LATEX = re.compile(r"[-−]?(?:\\[A-Za-z]+\s*|[{}^_\d.+*/()-])*\\[A-Za-z]+(?:\\[A-Za-z]+\s*|[{}^_\d.+*/()-])*")
+_LATEX_PIECE = r"(?:\\[A-Za-z]+\s*|[{}^_\d.+*/()-])"
+_BARE_LATEX = re.compile(rf"[-−]?{_LATEX_PIECE}*\\[A-Za-z]+{_LATEX_PIECE}*")
 # Brackets around the last number of a text that make it one answer: `(1, 4)`, `{2, 5}`, `[0, 3)`.
 _NUMERIC_GROUP = re.compile(r"[\s\d.,;/+-]*")
 # Boxed answers this close together on one line are one answer listed in parts ("\boxed{2} and \boxed{3}").
@@ -130,10 +131,8 @@ def answer_phrase(text: str) -> str | None:
     for match in reversed(matches):
         segment = _sentence(text[match.end():])
         math = _first_math(segment)
-        if math is segment:  # prose: the answer ends where a clause begins
-            segment = _PROSE_CLAUSE.split(segment, maxsplit=1)[0]
-        else:
-            segment = math
+        # in prose the answer ends where a clause begins
+        segment = _PROSE_CLAUSE.split(segment, maxsplit=1)[0] if math is segment else math
         segment = segment.strip().strip("*").strip()
         if segment:
             return segment
