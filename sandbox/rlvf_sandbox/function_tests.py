@@ -77,8 +77,10 @@ def function_test_job(suite: FunctionTests) -> tuple[dict[str, Any], Callable[[R
     nonce = secrets.token_hex(16)
     header = {"candidate": suite.candidate, "setup": suite.setup, "entry_point": suite.entry_point,
               "budget": float(suite.per_test_seconds), "tests": len(suite.tests)}
-    stdin = b"".join([_frame(header), *(_frame(test) for test in suite.tests), _frame(nonce)])
-    job = {"code": _HARNESS_SOURCE, "stdin": stdin, "timeout": suite.timeout, "cache_compiled": True}
+    # The tests and the nonce come as late stdin: the harness, forked from the sandbox worker, holds no copy
+    # of them in memory when it forks the candidate's process.
+    job = {"code": _HARNESS_SOURCE, "stdin": _frame(header), "timeout": suite.timeout, "cache_compiled": True,
+           "late_stdin": b"".join([*(_frame(test) for test in suite.tests), _frame(nonce)])}
     return job, lambda result: read_report(result, nonce, len(suite.tests))
 
 

@@ -215,10 +215,14 @@ class Sandbox:
         files: Mapping[str, bytes | str] | None = None,
         timeout: float | None = None,
         memory: int | str | None = None,
+        late_stdin: bytes | str = b"",
         cache_compiled: bool = False,
     ) -> RunResult:
         """Run Python source `code` (with `args` as sys.argv[1:]) or the command `argv`, both in a fresh
         private /tmp holding `files` (relative paths). `stdin`, `timeout` and `memory` apply to this run.
+        `late_stdin` follows `stdin` on the program's standard input, but reaches the sandbox only after
+        the program started: no process forked from the sandbox's own (a Python program, or what it forks
+        before reading it) ever holds it in memory; the worker wipes its copy after the run.
         `cache_compiled`: each worker compiles `code` once and keeps it; only for trusted source run many
         times (a test harness), since the worker itself compiles it."""
         if (code is None) == (argv is None):
@@ -229,7 +233,7 @@ class Sandbox:
         request["cache_compiled"] = cache_compiled and request["code"] is not None
         worker = self._acquire()
         try:
-            reply = worker.call(request, timeout + HOST_GRACE_SECONDS)
+            reply = worker.call(request, timeout + HOST_GRACE_SECONDS, _as_bytes(late_stdin))
         except WorkerLost as exc:
             self._discard(worker)
             return RunResult.worker_lost(str(exc), timed_out=exc.timed_out,
