@@ -385,32 +385,36 @@ def main():
     signal.signal(signal.SIGALRM, on_alarm)
     current = {}
 
-    def fresh_child():
-        current["child"] = child = Child(source)
+    def wait_loaded(child):
         signal.setitimer(signal.ITIMER_REAL, budget)
         try:
             child.wait_loaded()
         except (TestTimeout, CandidateFailed) as exc:
             child.broken = True
-            child.load_error = "loading the candidate: %s" % ("timed out" if isinstance(exc, TestTimeout) else exc)
+            child.load_error = f"loading the candidate: {'timed out' if isinstance(exc, TestTimeout) else exc}"
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
+        return child
+
+    def fresh_child():
+        current["child"] = child = Child(source)
         return child
 
     child = fresh_child()  # before any test is read
     namespace = {"__name__": "tests", "__builtins__": builtins}
     setup_error = None
-    if header.get("setup"):
+    if header.get("setup"):  # while the candidate loads
         try:
             exec(compile(header["setup"], "setup.py", "exec"), namespace)
         except BaseException as exc:
             setup_error = "the setup code failed: " + _describe(exc)
     trusted = set(namespace)
+    wait_loaded(child)
     stubs = {}
     passed, reasons = [], []
     for index in range(count):
         if child.killed and child.load_error is None:
-            child = fresh_child()  # a new process for the next test, forked before that test is read
+            child = wait_loaded(fresh_child())  # a new process, forked before the next test is read
         test = receive(0)
         if setup_error or child.load_error is not None:
             passed.append(False)
