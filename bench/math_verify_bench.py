@@ -23,7 +23,8 @@ import venv
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CASES = [ROOT / "tests" / "data" / "math" / name for name in ("cases.jsonl", "field_cases.jsonl")]
+DEFAULT_CASES = [ROOT / "tests" / "data" / "math" / name for name in ("cases.jsonl", "field_cases.jsonl",
+                                                                    "blind_cases.jsonl")]
 BENCH_VENV = ROOT / ".venv-bench"
 
 # Runs inside the Math-Verify venv: argv = cases file, workers, repeat; prints one JSON object.

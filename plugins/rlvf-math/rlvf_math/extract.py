@@ -194,6 +194,8 @@ def last_expression(text: str) -> str | None:
     calculation only its result is kept ("2 + 3 = 5" answers 5, see `final_side`)."""
     numbers = _prose_numbers(text)
     segments = list(_MATH_SEGMENT.finditer(text))
+    if not segments and _is_bare_formula(text):
+        return final_side(text.strip().rstrip("."))  # `3x - y + 2 = 0` written without `$`
     if segments:
         last = segments[-1]
         if not numbers or numbers[-1].start() < last.end():
@@ -209,6 +211,13 @@ def last_expression(text: str) -> str | None:
     if numbers:
         return _last_number(text, numbers)
     return None
+
+
+def _is_bare_formula(text: str) -> bool:
+    """A short one-line text that is all math (variables, no words): `3x - y + 2 = 0`, `y = 3x + 2`."""
+    text = text.strip()
+    return (0 < len(text) <= 200 and "\n" not in text and bool(_variables(text))
+            and not re.search(r"[A-Za-z]{2,}", re.sub(r"\\[A-Za-z]+", " ", text)))
 
 
 def _segment_label(segment: re.Match) -> str | None:
@@ -232,8 +241,9 @@ def _top_level_equals(expression: str) -> list[int]:
 
 
 def _variables(expression: str) -> str:
-    """The letters of an expression that name variables: LaTeX commands and subscripts removed."""
-    expression = re.sub(r"\\text\s*\{[^{}]*\}|\\[A-Za-z]+|_\{[^{}]*\}|_\w", " ", expression)
+    """The letters of an expression that name variables: LaTeX commands, environment names and subscripts
+    removed."""
+    expression = re.sub(r"\\(?:text|begin|end)\s*\{[^{}]*\}|\\[A-Za-z]+|_\{[^{}]*\}|_\w", " ", expression)
     return "".join(re.findall(r"[A-Za-z]", expression))
 
 
@@ -247,12 +257,30 @@ def final_side(expression: str) -> str:
     """Of a calculation or a labelled value, the value: `x = 2 \\cdot 3 + 1 = 7` -> `7`, `(a,b) = (1,4)` ->
     `(1,4)`. An equation stays whole (`3x - y + 2 = 0`, `y = 3x + 2`): its sides are not a calculation."""
     cuts = _top_level_equals(expression)
-    if not cuts:
-        return expression
+    if not cuts or (len(cuts) > 1 and _TOP_LEVEL_LIST.search(_top_level(expression))):
+        return expression  # `k = 0, k = \frac{1}{2}`: several labelled values, for the parser to read
     first, last = expression[:cuts[0]], expression[cuts[-1] + 1:]
-    if _variables(last) or not (_is_name_text(first) or not _variables(first)):
+    if _variables(last) or not (_is_name_text(first) or _FUNCTION_VALUE.fullmatch(first) or not _variables(first)):
         return expression
     return last
+
+
+# `f(2)`, `P(A)`, `g\left(\frac{1}{2}\right)`: a function's value at a point labels the value it equals.
+_FUNCTION_VALUE = re.compile(r"\s*\\?[A-Za-z](?:_\{?\w+\}?)?\s*(?:\\left)?\(.*\)\s*")
+_TOP_LEVEL_LIST = re.compile(r"[,;]|\b(?:and|or)\b")
+
+
+def _top_level(expression: str) -> str:
+    """`expression` with everything inside brackets removed."""
+    depth, kept = 0, []
+    for ch in expression:
+        if ch in "{([":
+            depth += 1
+        elif ch in "})]":
+            depth -= 1
+        elif depth == 0:
+            kept.append(ch)
+    return "".join(kept)
 def extract_answer(completion: str) -> str | None:
     """The final answer of a model completion, or None if it states none."""
     text = completion[-MAX_SEARCH_CHARS:].replace("\\!", "")  # a negative thin space: `7,\!250` is 7,250
