@@ -12,6 +12,7 @@ namespace-wide memory watchdog.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import secrets
 import socket
@@ -341,3 +342,53 @@ def test_seccomp_denies_inet_sockets():
         result = sandbox.run("import socket\nsocket.socket(socket.AF_INET)")
         assert b"PermissionError" in result.stderr
         assert sandbox.run("import socket\nsocket.socketpair()").ok  # AF_UNIX (multiprocessing) still works
+
+
+# A program that reads its whole memory (its copy of the worker's, which forked it) and says whether a
+# 32-hex-digit string with the given sha256 is in it, raw or inside base64. It carries only the hash.
+MEMORY_SCAN = r'''
+import base64, ctypes, hashlib, re, sys
+found = set()
+for line in open("/proc/self/maps"):
+    fields = line.split()
+    start, end = (int(x, 16) for x in fields[0].split("-"))
+    if not fields[1].startswith("r") or end - start > (256 << 20) or fields[-1].startswith("[v"):
+        continue
+    chunk = ctypes.string_at(start, end - start)
+    found.update(re.findall(rb"[0-9a-f]{32}", chunk))
+    for encoded in re.findall(rb"[A-Za-z0-9+/]{44,}", chunk):
+        found.update(re.findall(rb"[0-9a-f]{32}", base64.b64decode(encoded[:len(encoded) // 4 * 4])))
+print("found" if any(hashlib.sha256(h).hexdigest() in sys.argv[1:] for h in found) else "clean")
+'''
+
+
+@pytest.mark.timeout(60)
+def test_no_run_finds_an_earlier_runs_code_input_files_or_output_in_memory(sandbox):
+    """In GRPO a group's samples often run one after another on one worker: a later sample must not find an
+    earlier one's program (a correct solution to copy) or its output (the expected answer to print)."""
+    secrets_of = {kind: secrets.token_hex(16) for kind in ("code", "stdin", "file", "output", "late")}
+    seed = secrets.token_hex(8)
+    output = hashlib.md5(seed.encode()).hexdigest()  # computed inside: not in the source
+    first = sandbox.run(f"SECRET = {secrets_of['code']!r}\nimport hashlib, sys\nsys.stdin.read()\n"
+                        f"print(hashlib.md5({seed!r}.encode()).hexdigest())\n",
+                        stdin=secrets_of["stdin"], late_stdin=secrets_of["late"],
+                        files={"data.txt": secrets_of["file"]})
+    assert first.ok and first.stdout == (output + "\n").encode()
+    hashes = {kind: hashlib.sha256(value.encode()).hexdigest()
+              for kind, value in {**secrets_of, "output": output}.items()}
+    for kind, digest in hashes.items():
+        scan = sandbox.run(MEMORY_SCAN, args=[digest])
+        assert scan.stdout == b"clean\n", (kind, scan.stderr_text[-500:])
+    # The scan does find what is there: its own input, which the worker hands it.
+    own = secrets.token_hex(16)
+    scan = sandbox.run(MEMORY_SCAN, args=[hashlib.sha256(own.encode()).hexdigest()], stdin=own)
+    assert scan.stdout == b"found\n", scan.stderr_text[-500:]
+
+
+@pytest.mark.timeout(60)
+def test_late_stdin_is_not_in_the_memory_the_program_starts_from(sandbox):
+    late = secrets.token_hex(16)
+    digest = hashlib.sha256(late.encode()).hexdigest()
+    # The program scans before it reads stdin: the late part is not in its memory yet.
+    result = sandbox.run(MEMORY_SCAN + "import sys\nprint(sys.stdin.read())\n", args=[digest], late_stdin=late)
+    assert result.stdout == f"clean\n{late}\n".encode(), result.stderr_text[-500:]

@@ -61,29 +61,37 @@ class Worker:
         except WorkerLost as exc:
             raise WorkerLost(f"the sandbox worker did not start: {exc}") from None
 
-    def call(self, request: dict[str, Any], timeout: float, late_stdin: bytes = b"") -> dict[str, Any]:
-        """Send `request` (with `late_stdin`, raw, right behind it) and wait for the reply."""
-        data = json.dumps({**request, "late_stdin": len(late_stdin)}).encode()
+    def call(self, request: dict[str, Any], payload: bytes, timeout: float) -> tuple[dict[str, Any], bytes, bytes]:
+        """Send `request` and its raw `payload` right behind it; the reply, and the program's stdout and
+        stderr that follow it raw."""
+        data = json.dumps(request).encode()
         try:
-            self.process.stdin.write(struct.pack(">I", len(data)) + data + late_stdin)
+            self.process.stdin.write(struct.pack(">I", len(data)) + data + payload)
             self.process.stdin.flush()
         except (BrokenPipeError, OSError):
             self.kill()
             raise WorkerLost("the sandbox worker exited") from None
-        return self._receive(time.monotonic() + timeout)
+        deadline = time.monotonic() + timeout
+        header = self._receive_exact(4, deadline)
+        size = struct.unpack(">I", header)[0]
+        if size > MAX_REPLY_BYTES:
+            self.kill()
+            raise WorkerLost(f"the sandbox worker sent a {size}-byte reply")
+        reply = json.loads(self._receive_exact(size, deadline))
+        stdout = self._receive_exact(reply.get("stdout_bytes", 0), deadline)
+        stderr = self._receive_exact(reply.get("stderr_bytes", 0), deadline)
+        return reply, stdout, stderr
 
     def _receive(self, deadline: float) -> dict[str, Any]:
+        size = struct.unpack(">I", self._receive_exact(4, deadline))[0]
+        return json.loads(self._receive_exact(size, deadline))
+
+    def _receive_exact(self, n: int, deadline: float) -> bytes:
+        if n > MAX_REPLY_BYTES:
+            self.kill()
+            raise WorkerLost(f"the sandbox worker announced {n} bytes")
         fd = self.process.stdout.fileno()
-        while True:
-            if len(self._buffer) >= 4:
-                size = struct.unpack(">I", self._buffer[:4])[0]
-                if size > MAX_REPLY_BYTES:
-                    self.kill()
-                    raise WorkerLost(f"the sandbox worker sent a {size}-byte reply")
-                if len(self._buffer) >= 4 + size:
-                    body = bytes(self._buffer[4:4 + size])
-                    del self._buffer[:4 + size]
-                    return json.loads(body)
+        while len(self._buffer) < n:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
                 self.kill()
@@ -94,6 +102,9 @@ class Worker:
                 self.kill()
                 raise WorkerLost(f"the sandbox worker exited: {message}")
             self._buffer += chunk
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
 
     def errors(self) -> str:
         self._errors.seek(0)

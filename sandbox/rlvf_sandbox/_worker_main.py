@@ -12,12 +12,16 @@ It also marks itself non-dumpable so programs (same uid) can neither ptrace it n
 /proc/1/fd.
 
 Protocol with the host, over the inherited stdin/stdout pipes: frames of a 4-byte big-endian length and
-a UTF-8 JSON object; byte strings are base64. The first frame sent is a readiness report. A request with
-`late_stdin: N` is followed by N raw bytes, read only after the program was forked and wiped after the
-run: they are never in the memory image a program (or any process it forks) starts from.
+a UTF-8 JSON object. The first frame sent is a readiness report. A request's JSON holds only sizes and
+settings; its payload follows raw: the code, each file, the stdin, then `late_stdin` bytes more of stdin
+that are read only after the program was forked. A reply is followed by the program's stdout and stderr.
+
+Every program is forked from this process, so whatever its memory holds, the program can read in its copy.
+Payload and output bytes therefore pass only through the `Buffers` below, never into a Python object here,
+and are wiped after each run: a program never finds an earlier run's code, input or output (a peer's
+correct solution, its printed answer), nor the late stdin of its own run (the tests of a function test).
 """
 
-import base64
 import contextlib
 import ctypes
 import errno
@@ -76,22 +80,66 @@ def main():
             reply = runner.run(request)
         except Exception:  # a worker bug must reach the host as an error, not a hang
             reply = {"error": traceback.format_exc()}
-        runner.discard_late_stdin()  # keeps the channel in step if the run failed before reading it
         try:
+            runner.discard_payload()  # keeps the channel in step if the run failed before reading it all
             runner.clean_scratch()
         except OSError:
             # A program left state we cannot remove: retire this worker, the host starts a fresh one.
             reply["retire"] = True
-        send(channel_out, reply)
+        stdout, stderr = runner.stdout.sent(), runner.stderr.sent()
+        send(channel_out, dict(reply, stdout_bytes=len(stdout), stderr_bytes=len(stderr)))
+        for view in (stdout, stderr):
+            write_all(channel_out, view)
+        del stdout, stderr
+        for buffer in (runner.payload, runner.stdout, runner.stderr):
+            buffer.wipe()
         if reply.get("retire"):
             return
 
 
 def send(fd, obj):
     data = json.dumps(obj).encode()
-    view = memoryview(struct.pack(">I", len(data)) + data)
+    write_all(fd, memoryview(struct.pack(">I", len(data)) + data))
+
+
+def write_all(fd, view):
     while view:
         view = view[os.write(fd, view):]
+
+
+def read_into(fd, view):
+    """Fill `view` from `fd` (no intermediate copy)."""
+    got = 0
+    while got < len(view):
+        n = os.readv(fd, [view[got:]])
+        if not n:
+            raise EOFError("the host closed the channel")
+        got += n
+
+
+class Buffers:
+    """A reusable byte buffer whose used part is wiped after every run. It never shrinks, and grows by
+    replacing (after wiping) rather than resizing, since a resize may leave a copy behind in freed memory."""
+
+    def __init__(self):
+        self.buffer = bytearray()
+        self.used = self.limit = 0
+
+    def reserve(self, size, limit=None):
+        if size > len(self.buffer):
+            self.wipe()
+            self.buffer = bytearray(max(size, 2 * len(self.buffer)))
+        self.used = size
+        self.limit = size if limit is None else limit
+        return memoryview(self.buffer)[:size]
+
+    def sent(self):
+        """What goes back to the host: the used part, less a capture's byte past its cap."""
+        return memoryview(self.buffer)[:min(self.used, self.limit)]
+
+    def wipe(self):
+        self.buffer[:self.used] = bytes(self.used)
+        self.used = self.limit = 0
 
 
 def receive(fd):
@@ -118,14 +166,15 @@ class Runner:
         self.namespaced = namespaced
         self.libc = libc
         self.channel_in = channel_in
-        self.late_stdin_pending = 0
+        self.payload, self.stdout, self.stderr = Buffers(), Buffers(), Buffers()
+        self.payload_pending = None  # the part of the payload view still to read from the host
         self.page_size = os.sysconf("SC_PAGE_SIZE")
         self.compiled = {}  # source -> code object, only for requests marked trusted by the host
 
-    def compiled_code(self, req):
-        source = req.get("code")
-        if source is None or not req.get("cache_compiled"):
+    def compiled_code(self, req, code_view):
+        if req.get("code_bytes") is None or not req.get("cache_compiled"):
             return None
+        source = str(code_view, "utf-8", "surrogatepass")  # trusted, public source: it may stay in memory
         code = self.compiled.get(source)
         if code is None:
             code = compile(source, os.path.join(WORK_DIR, PROGRAM_NAME), "exec")
@@ -136,18 +185,25 @@ class Runner:
 
     def run(self, req):
         started = time.monotonic()
-        self.write_files(req.get("files", {}))
-        self.late_stdin_pending = late = int(req.get("late_stdin", 0))
-        early = base64.b64decode(req.get("stdin", ""))
-        # One buffer, sized once: the late part is read straight into it, so no other copy exists to wipe.
-        stdin_data = bytearray(len(early) + late)
-        stdin_data[:len(early)] = early
-        compiled = self.compiled_code(req)
+        code_size = req.get("code_bytes") or 0
+        files = req.get("files", [])
+        early = code_size + sum(size for _, size in files) + req.get("stdin_bytes", 0)
+        payload = self.payload.reserve(early + req.get("late_stdin", 0))
+        self.payload_pending = payload
+        read_into(self.channel_in, payload[:early])
+        self.payload_pending = payload[early:]
+        code_view = payload[:code_size]
+        offset = code_size
+        for name, size in files:
+            self.write_file(name, payload[offset:offset + size])
+            offset += size
+        stdin_view = payload[offset:]
+        compiled = self.compiled_code(req, code_view)
         pipes = [os.pipe() for _ in range(3)]  # stdin, stdout, stderr
         pid = os.fork()
         if pid == 0:
             try:
-                self.child(req, [pipes[0][0], pipes[1][1], pipes[2][1]], compiled)
+                self.child(req, [pipes[0][0], pipes[1][1], pipes[2][1]], code_view, compiled)
             except BaseException:
                 os.write(2, ("sandbox: could not start the program\n" + traceback.format_exc()).encode())
             finally:
@@ -155,10 +211,10 @@ class Runner:
         for fd in (pipes[0][0], pipes[1][1], pipes[2][1]):
             os.close(fd)
         try:
-            self.read_late_stdin(memoryview(stdin_data)[len(early):])
-            outcome = self.supervise(req, pid, pipes[0][1], pipes[1][0], pipes[2][0], stdin_data, started)
+            read_into(self.channel_in, self.payload_pending)  # the late stdin, now that the fork is done
+            self.payload_pending = None
+            outcome = self.supervise(req, pid, pipes[0][1], pipes[1][0], pipes[2][0], stdin_view, started)
         finally:
-            wipe(stdin_data)
             self.kill_all(pid)
             for fd in (pipes[0][1], pipes[1][0], pipes[2][0]):
                 with contextlib.suppress(OSError):
@@ -166,40 +222,33 @@ class Runner:
         outcome["wall_seconds"] = time.monotonic() - started
         return outcome
 
-    def read_late_stdin(self, view):
-        while self.late_stdin_pending:
-            got = os.readv(self.channel_in, [view[len(view) - self.late_stdin_pending:]])
-            if not got:
-                raise EOFError("the host closed the channel")
-            self.late_stdin_pending -= got
+    def discard_payload(self):
+        if self.payload_pending is not None:
+            read_into(self.channel_in, self.payload_pending)
+            self.payload_pending = None
 
-    def discard_late_stdin(self):
-        if self.late_stdin_pending:
-            scratch = bytearray(self.late_stdin_pending)
-            self.read_late_stdin(memoryview(scratch))
-            wipe(scratch)
-
-    def write_files(self, files):
-        for name, content in files.items():
-            path = os.path.normpath(os.path.join(WORK_DIR, name))
-            if not path.startswith(WORK_DIR + "/"):
-                raise ValueError(f"file name escapes the work directory: {name!r}")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "wb") as f:
-                f.write(base64.b64decode(content))
+    def write_file(self, name, content):
+        path = os.path.normpath(os.path.join(WORK_DIR, name))
+        if not path.startswith(WORK_DIR + "/"):
+            raise ValueError(f"file name escapes the work directory: {name!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            write_all(fd, content)
+        finally:
+            os.close(fd)
 
     # ---- the child: limits, then exec or run the Python source in this forked interpreter ----
 
-    def child(self, req, stdio, compiled=None):
+    def child(self, req, stdio, code_view, compiled=None):
         os.setsid()
         for target, fd in enumerate(stdio):
             os.dup2(fd, target)
         os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
         os.chdir(WORK_DIR)
-        if req.get("code") is not None:
+        if req.get("code_bytes") is not None:
             # A real file behind __file__: tracebacks show source lines, inspect and spawn can read it.
-            with open(PROGRAM_NAME, "w", encoding="utf-8", errors="surrogatepass") as f:
-                f.write(req["code"])
+            self.write_file(PROGRAM_NAME, code_view)
         limits = req["limits"]
         for name, value in (("RLIMIT_CORE", 0), ("RLIMIT_CPU", limits["cpu_seconds"]),
                             ("RLIMIT_AS", limits["memory"]), ("RLIMIT_FSIZE", limits["file_size"]),
@@ -213,15 +262,15 @@ class Runner:
             os.execve(resolve(req["argv"][0], env.get("PATH", "")), req["argv"], env)
         os.environ.clear()
         os.environ.update(env)
-        run_source(req["code"], [PROGRAM_NAME, *list(req.get("args", []))], compiled)
+        run_source(str(code_view, "utf-8", "surrogatepass"), [PROGRAM_NAME, *list(req.get("args", []))],
+                   compiled)
 
     # ---- the supervisor side ----
 
     def supervise(self, req, pid, stdin_w, stdout_r, stderr_r, stdin_data, started):
         limits = req["limits"]
         deadline = started + req["timeout"]
-        caps = {stdout_r: limits["output"], stderr_r: limits["output"]}
-        captured = {stdout_r: bytearray(), stderr_r: bytearray()}
+        captured = {stdout_r: Capture(self.stdout, limits["output"]), stderr_r: Capture(self.stderr, limits["output"])}
         truncated = {stdout_r: False, stderr_r: False}
         for fd in (stdin_w, stdout_r, stderr_r):
             os.set_blocking(fd, False)
@@ -265,7 +314,7 @@ class Runner:
                             poller.unregister(stdin_w)
                             os.close(stdin_w)
                             stdin_w = None
-                    elif not self.collect(fd, captured, caps, truncated):
+                    elif not self.collect(fd, captured, truncated):
                         poller.unregister(fd)
                 if any(truncated.values()):
                     killed_by = "output_limit"
@@ -282,16 +331,15 @@ class Runner:
         # Leftover processes (daemons) die now; what they already wrote is still read below.
         self.kill_namespace(pid)
         for fd in (stdout_r, stderr_r):
-            while self.collect(fd, captured, caps, truncated):
+            while self.collect(fd, captured, truncated):
                 pass
         if killed_by is None and any(truncated.values()):
             killed_by = "output_limit"
         cpu = usage.ru_utime + usage.ru_stime
         exit_code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
         sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
-        stderr = bytes(captured[stderr_r])
         if killed_by is None:
-            killed_by = classify(sig, cpu, limits, exit_code, stderr)
+            killed_by = classify(sig, cpu, limits, exit_code, captured[stderr_r])
         return {
             "exit_code": exit_code,
             "signal": sig,
@@ -299,30 +347,25 @@ class Runner:
             "killed_by": killed_by,
             "cpu_seconds": cpu,
             "peak_memory": max(peak, usage.ru_maxrss * 1024),
-            "stdout": base64.b64encode(bytes(captured[stdout_r])).decode(),
-            "stderr": base64.b64encode(stderr).decode(),
             "stdout_truncated": truncated[stdout_r],
             "stderr_truncated": truncated[stderr_r],
         }
 
-    def collect(self, fd, captured, caps, truncated):
+    def collect(self, fd, captured, truncated):
         """Read what is available; False at end of file or when nothing is left to read."""
+        capture = captured[fd]
         try:
-            data = os.read(fd, READ_CHUNK)
+            got = capture.read_from(fd)
         except BlockingIOError:
             return False
         except OSError as exc:  # already closed
             if exc.errno == errno.EBADF:
                 return False
             raise
-        if not data:
-            return False
-        room = caps[fd] - len(captured[fd])
-        captured[fd] += data[:max(room, 0)]
-        if len(data) > room:
+        if capture.overflowed:
             truncated[fd] = True
             return False
-        return True
+        return got > 0
 
     def namespace_memory(self):
         """Anonymous resident memory of every process in the namespace except this worker."""
@@ -378,6 +421,28 @@ class Runner:
             remove_sysv_ipc(self.libc)
 
 
+class Capture:
+    """A program's stream read straight into a worker buffer, up to `cap` bytes (one more byte tells that it
+    wrote past the cap; it is kept out of what is sent, and wiped with the rest)."""
+
+    def __init__(self, buffers, cap):
+        self.buffers, self.cap = buffers, cap
+        self.view = buffers.reserve(cap + 1, limit=cap)
+        buffers.used = 0  # grows as data arrives, so that only what was written gets wiped
+
+    def read_from(self, fd):
+        got = os.readv(fd, [self.view[self.buffers.used:self.buffers.used + READ_CHUNK]])
+        self.buffers.used += got
+        return got
+
+    @property
+    def overflowed(self):
+        return self.buffers.used > self.cap
+
+    def tail_contains(self, needle, size):
+        return self.buffers.buffer.find(needle, max(0, self.buffers.used - size), self.buffers.used) >= 0
+
+
 def classify(sig, cpu, limits, exit_code, stderr):
     if sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits["cpu_seconds"]):
         return "cpu_limit"
@@ -385,7 +450,7 @@ def classify(sig, cpu, limits, exit_code, stderr):
         return "file_size_limit"
     if sig is not None:
         return "signal:" + signal.Signals(sig).name
-    if exit_code and b"MemoryError" in stderr[-2000:]:
+    if exit_code and stderr.tail_contains(b"MemoryError", 2000):
         return "memory_limit"
     return None
 

@@ -8,7 +8,6 @@ space. Starting a sandbox costs tens of milliseconds; forking inside one costs a
 
 from __future__ import annotations
 
-import base64
 import logging
 import math
 import os
@@ -96,11 +95,11 @@ class RunResult:
         return self.stderr.decode(errors="replace")
 
     @classmethod
-    def from_reply(cls, reply: Mapping[str, Any]) -> RunResult:
+    def from_reply(cls, reply: Mapping[str, Any], stdout: bytes, stderr: bytes) -> RunResult:
         return cls(
             exit_code=reply["exit_code"],
-            stdout=base64.b64decode(reply["stdout"]),
-            stderr=base64.b64decode(reply["stderr"]),
+            stdout=stdout,
+            stderr=stderr,
             timed_out=reply["timed_out"],
             killed_by=reply["killed_by"],
             wall_seconds=reply["wall_seconds"],
@@ -228,12 +227,12 @@ class Sandbox:
         if (code is None) == (argv is None):
             raise ValueError("pass exactly one of `code` (Python source) or `argv` (a command)")
         timeout = self.timeout if timeout is None else float(timeout)
-        request = self._request(code, argv, args, stdin, files or {}, timeout,
-                                self.memory if memory is None else parse_size(memory))
-        request["cache_compiled"] = cache_compiled and request["code"] is not None
+        request, payload = self._request(code, argv, args, stdin, files or {}, timeout,
+                                         self.memory if memory is None else parse_size(memory), _as_bytes(late_stdin))
+        request["cache_compiled"] = cache_compiled and request["code_bytes"] is not None
         worker = self._acquire()
         try:
-            reply = worker.call(request, timeout + HOST_GRACE_SECONDS, _as_bytes(late_stdin))
+            reply, stdout, stderr = worker.call(request, payload, timeout + HOST_GRACE_SECONDS)
         except WorkerLost as exc:
             self._discard(worker)
             return RunResult.worker_lost(str(exc), timed_out=exc.timed_out,
@@ -247,7 +246,7 @@ class Sandbox:
             self._idle.put(worker)
         if "error" in reply:
             raise SandboxError(f"the sandbox worker failed:\n{reply['error']}")
-        return RunResult.from_reply(reply)
+        return RunResult.from_reply(reply, stdout, stderr)
 
     def run_many(self, jobs: Iterable[Mapping[str, Any]]) -> list[RunResult]:
         """Run several jobs (each a dict of `run` keyword arguments) in parallel on the pool, in order."""
@@ -259,20 +258,25 @@ class Sandbox:
                 self._executor = ThreadPoolExecutor(self.workers, thread_name_prefix="rlvf-sandbox")
         return list(self._executor.map(lambda job: self.run(**job), jobs))
 
-    def _request(self, code, argv, args, stdin, files, timeout, memory) -> dict[str, Any]:
+    def _request(self, code, argv, args, stdin, files, timeout, memory, late_stdin) -> tuple[dict[str, Any], bytes]:
+        """The request's settings and sizes, and its payload (code, files, stdin, late stdin), sent raw."""
         files = {name: _as_bytes(content) for name, content in files.items()}
         for name in files:
             if os.path.isabs(name) or ".." in name.split("/"):
                 raise ValueError(f"file names must be relative paths inside the sandbox's tmp, got {name!r}")
-        if code is not None and self.fresh_interpreter:
-            files["main.py"] = code.encode()
-            argv, code = [self.python, "-E", "-s", "main.py", *args], None
+        source = None if code is None else code.encode("utf-8", "surrogatepass")
+        if source is not None and self.fresh_interpreter:
+            files["main.py"] = source
+            argv, source = [self.python, "-E", "-s", "main.py", *args], None
+        stdin = _as_bytes(stdin)
+        payload = b"".join([source or b"", *files.values(), stdin, late_stdin])
         return {
-            "code": code,
+            "code_bytes": None if source is None else len(source),
             "argv": list(argv) if argv is not None else None,
             "args": list(args),
-            "stdin": base64.b64encode(_as_bytes(stdin)).decode(),
-            "files": {name: base64.b64encode(content).decode() for name, content in files.items()},
+            "files": [[name, len(content)] for name, content in files.items()],
+            "stdin_bytes": len(stdin),
+            "late_stdin": len(late_stdin),
             "timeout": timeout,
             # The worker adds HOME and TMPDIR (its private directory); nothing of this process leaks in.
             "env": {"PATH": SANDBOX_PATH, "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
@@ -284,7 +288,7 @@ class Sandbox:
                 "open_files": self.open_files,
                 "output": self.output_limit,
             },
-        }
+        }, payload
 
     # ---- the pool ----
 
