@@ -262,7 +262,13 @@ def final_side(expression: str) -> str:
     first, last = expression[:cuts[0]], expression[cuts[-1] + 1:]
     if _variables(last) or not (_is_name_text(first) or _FUNCTION_VALUE.fullmatch(first) or not _variables(first)):
         return expression
+    sides = [expression[a + 1:b] for a, b in zip([-1, *cuts], [*cuts, len(expression)], strict=True)]
+    if len({float(side) for side in sides if _PLAIN_NUMBER.fullmatch(side.strip())}) > 1:
+        return expression  # `x = 7 = 8` is false, not an answer of 8: the verifier sees the whole chain
     return last
+
+
+_PLAIN_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 
 
 # `f(2)`, `P(A)`, `g\left(\frac{1}{2}\right)`: a function's value at a point labels the value it equals.
