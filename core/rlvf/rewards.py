@@ -4,6 +4,11 @@ A reward is any callable with the TRL batch signature `reward(prompts, completio
 with keyword arguments as TRL calls it, returning one `float | None` per completion; `None` means "not
 applicable to this sample". It may be async. A reward registered as a class is built with its options as
 keyword arguments.
+
+Completions follow TRL's convention (`rlvf.text.reward_completions`): a list of messages
+(`[{"role": "assistant", "content": text}]`) when the prompt is conversational, a string when it is a string.
+A reward may declare the dataset columns it reads with a `columns` attribute (`columns = ("answer",)` on the
+function or class); `check_reward_columns` then refuses, before training or evaluation starts, rows that lack one.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import asyncio
 import concurrent.futures
 import inspect
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlvf.config import RewardConfig, RewardEntry
-from rlvf.errors import RewardError
+from rlvf.errors import ConfigError, RewardError
+from rlvf.text import reward_completions
 
 OnError = Literal["raise", "zero"]
 Aggregation = Literal["sum", "normalize_then_sum"]
@@ -89,6 +96,19 @@ class MixEntry:
     function: Callable[..., Any]
     weight: float = 1.0
     on_error: OnError = "raise"
+    columns: tuple[str, ...] | None = None  # the columns it reads; none: the function's `columns` attribute
+
+    def needed_columns(self) -> tuple[str, ...]:
+        return tuple(self.columns if self.columns is not None else reward_columns(self.function))
+
+
+def reward_columns(reward: Any) -> tuple[str, ...]:
+    """The dataset columns a reward declares it reads: its `columns` attribute (a string or a sequence of
+    them, on the function, the class or the instance); none declared: ()."""
+    declared = getattr(reward, "columns", None) or ()
+    if isinstance(declared, str):
+        declared = (declared,)
+    return tuple(str(column) for column in declared)
 
 
 @dataclass
@@ -99,6 +119,7 @@ class MixResult:
     per_reward: dict[str, list[float | None]]
     failures: dict[str, int]
     reward_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    retries: dict[str, int] = field(default_factory=dict)  # batches a reward raised on and was re-run sample by sample
 
     def metrics(self) -> dict[str, float]:
         """Flat per-batch metrics: mean of each reward over the samples it applied to, failure counts."""
@@ -109,6 +130,7 @@ class MixResult:
                 out[f"reward/{name}/mean"] = sum(scored) / len(scored)
             out[f"reward/{name}/applicable"] = len(scored) / max(len(values), 1)
             out[f"reward/{name}/failures"] = float(self.failures.get(name, 0))
+            out[f"reward/{name}/retries"] = float(self.retries.get(name, 0))
             for key, value in self.reward_metrics.get(name, {}).items():
                 out[f"reward/{name}/{key}"] = float(value)
         mixed = [v for v in self.total if v is not None]
@@ -138,6 +160,7 @@ class RewardMix:
         self.entries = list(entries)
         self.aggregation = aggregation
         self.eps = eps
+        self.warned: set[str] = set()  # rewards whose first batch error has been reported
 
     @property
     def names(self) -> list[str]:
@@ -151,9 +174,21 @@ class RewardMix:
         for key, values in columns.items():
             if len(values) != n:
                 raise RewardError(f"column '{key}' has {len(values)} values for {n} completions")
+        completions = reward_completions(prompts, completions)  # TRL's form: messages for chat prompts
         failures: dict[str, int] = {}
+        retries: dict[str, int] = {}
+
+        def retried(entry: MixEntry, exc: Exception) -> None:
+            retries[entry.name] = retries.get(entry.name, 0) + 1
+            if entry.name not in self.warned:
+                self.warned.add(entry.name)
+                print(f"rlvf: warning: reward '{entry.name}' raised on a batch of {n} "
+                      f"({type(exc).__name__}: {exc}); re-running it sample by sample (counted as "
+                      f"reward/{entry.name}/retries; reported once)", file=sys.stderr, flush=True)
+
         per_reward = _gather(
-            {e.name: (lambda e=e: _call_batch(e, prompts, completions, columns, failures)) for e in self.entries}
+            {e.name: (lambda e=e: _call_batch(e, prompts, completions, columns, failures, retried))
+             for e in self.entries}
         )
         total = self._aggregate(per_reward, group_ids, n)
         reward_metrics = {}
@@ -161,7 +196,8 @@ class RewardMix:
             pop = getattr(entry.function, "pop_metrics", None)
             if callable(pop):
                 reward_metrics[entry.name] = dict(pop())
-        return MixResult(total=total, per_reward=per_reward, failures=failures, reward_metrics=reward_metrics)
+        return MixResult(total=total, per_reward=per_reward, failures=failures, reward_metrics=reward_metrics,
+                         retries=retries)
 
     def _aggregate(self, per_reward, group_ids, n) -> list[float | None]:
         if self.aggregation == "normalize_then_sum":
@@ -190,18 +226,21 @@ def _standardise(values: list[float | None], group_ids, eps: float) -> list[floa
     return out
 
 
-def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[str, int]):
+def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[str, int],
+                retried: Callable[[MixEntry, Exception], None] = lambda entry, exc: None):
     """Call one reward on the batch: its values, or an awaitable of them for `_gather` to resolve.
 
     If the call raises, the batch is re-run sample by sample, so the error names the sample at fault and
-    the `zero` policy scores only the failing samples 0.
+    the `zero` policy scores only the failing samples 0; `retried` is told (a retry is counted and reported
+    even when every sample then succeeds).
     """
     n = len(completions)
     try:
         # Keyword arguments, as TRL calls them: `def f(completions, **kwargs)` works unchanged.
         result = entry.function(prompts=list(prompts), completions=list(completions),
                                 **{k: list(v) for k, v in columns.items()})
-    except Exception:
+    except Exception as exc:
+        retried(entry, exc)
         return _per_sample(entry, prompts, completions, columns, failures)
     if not inspect.isawaitable(result):
         return _check_values(entry, result, n, failures)
@@ -209,7 +248,8 @@ def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[s
     async def finish():
         try:
             values = await result
-        except Exception:
+        except Exception as exc:
+            retried(entry, exc)
             return await _per_sample(entry, prompts, completions, columns, failures)
         return _check_values(entry, values, n, failures)
     return finish()
@@ -295,5 +335,40 @@ def mix_from_config(config: RewardConfig, registry, default_rewards: dict[str, f
             function = RayReward.from_spec(spec, entry.options, config.ray)
         else:
             function = spec.build(**entry.options)
-        entries.append(MixEntry(name=key, function=function, weight=entry.weight, on_error=entry.on_error))
+        # The built reward's own declaration (an option may rename a column); a Ray stand-in has none, so the
+        # class's, unless an option renames a column (`answer_column`), which only the instance knows.
+        columns = reward_columns(function)
+        if not columns and not any(option.endswith("_column") for option in entry.options):
+            columns = reward_columns(spec.factory)
+        entries.append(MixEntry(name=key, function=function, weight=entry.weight, on_error=entry.on_error,
+                                columns=columns))
     return RewardMix(entries, aggregation=config.aggregation)
+
+
+def check_reward_columns(mix: RewardMix, rows: Sequence[dict[str, Any]], where: str) -> None:
+    """Refuse rows that lack a column a reward of the mix declares it needs (`columns`), before anything
+    heavy runs. `where` names the rows in the message, e.g. "task 'my-qa' (data/qa.jsonl)"."""
+    for entry in mix.entries:
+        for column in entry.needed_columns():
+            for row in rows:
+                if column not in row:
+                    have = ", ".join(sorted(row)) or "none"
+                    raise ConfigError(f"reward '{entry.name}' needs column '{column}', which {where} rows do not "
+                                      f"have (they have: {have})")
+
+
+def check_task_columns(mix: RewardMix, task, split: str = "train", limit: int = 16,
+                       rows: Sequence[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """`check_reward_columns` on a task's first rows of `split` (given, or loaded: building them also checks
+    the task's template against its columns); returns the rows checked."""
+    rows = list(rows[:limit]) if rows is not None else task.rows(split, limit=limit)
+    check_reward_columns(mix, rows, task_where(task))
+    return rows
+
+
+def task_where(task) -> str:
+    """How messages name a task's rows: "task 'my-qa' (data/qa.jsonl)", or "task 'arithmetic'"."""
+    where = getattr(task, "where", None)
+    if callable(where):
+        return where()
+    return f"task '{task.name}'"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -26,6 +27,35 @@ def completion_text(completion: Any) -> str:
                 texts.append("" if content is None else str(content))
         return "".join(texts)
     raise TypeError(f"a completion must be a string or chat messages, got {type(completion).__name__}")
+
+
+def is_conversational(prompt: Any) -> bool:
+    """Whether a prompt is chat messages (a list of {"role", "content"} dicts), as TRL decides it."""
+    return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in prompt)
+
+
+def as_reward_completion(prompt: Any, completion: Any) -> Any:
+    """A completion in the form TRL passes it to reward functions, decided by its prompt: with a
+    conversational prompt (chat messages), a list of messages (`[{"role": "assistant", "content": text}]`,
+    so `completion[0]["content"]` works); with a string prompt, a string. A row with no prompt (`None` or `""`,
+    e.g. in `rlvf score`) keeps the completion in the form it has."""
+    if is_conversational(prompt) and prompt:
+        if isinstance(completion, str):
+            return [{"role": "assistant", "content": completion}]
+        if isinstance(completion, dict):
+            return [completion]
+        if isinstance(completion, (list, tuple)):
+            return list(completion)
+        return [{"role": "assistant", "content": completion_text(completion)}]
+    if prompt in (None, "") and isinstance(completion, (list, tuple, dict)):
+        return [completion] if isinstance(completion, dict) else list(completion)
+    return completion_text(completion)
+
+
+def reward_completions(prompts: Sequence[Any], completions: Sequence[Any]) -> list[Any]:
+    """Every completion of a batch as rewards receive it (`as_reward_completion`): one convention for the
+    trainer, `rlvf eval`, `rlvf score` and pairs generation, since all of them score through `RewardMix.score`."""
+    return [as_reward_completion(p, c) for p, c in zip(prompts, completions, strict=True)]
 
 
 def last_boxed(text: str, commands: tuple[str, ...] = ("\\boxed", "\\fbox")) -> str | None:

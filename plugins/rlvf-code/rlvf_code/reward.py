@@ -39,6 +39,8 @@ class CodeReward:
     completion; defaults to the prompt itself when that is a string). Rows whose `tests` is None get None.
     """
 
+    columns: tuple[str, ...] = ("tests",)  # the dataset columns it needs (checked before training starts)
+
     def __init__(
         self,
         extraction: Extraction = "fence_or_text",

@@ -21,6 +21,8 @@ class MathReward:
     """1.0 if the final answer is mathematically equivalent to the `answer` column. When the gold answer is a
     number, arithmetic left undone (`4 * 10` for 40) scores 0 unless `allow_unevaluated` is set."""
 
+    columns: tuple[str, ...] = ("answer",)  # the dataset columns it reads (checked before training starts)
+
     def __init__(self, timeout: float = 5.0, workers: int = 2, rel_tol: float = DEFAULT_REL_TOL,
                  cache_size: int = 100_000, answer_column: str = "answer", allow_unevaluated: bool = False):
         if timeout <= 0:
@@ -30,6 +32,7 @@ class MathReward:
         self.allow_unevaluated = allow_unevaluated
         self.cache_size = cache_size
         self.answer_column = answer_column
+        self.columns = (answer_column,)
         self._pool = VerifierPool(workers)
         self._cache: OrderedDict[tuple[str, str], Verdict] = OrderedDict()
         self._metrics: Counter[str] = Counter()

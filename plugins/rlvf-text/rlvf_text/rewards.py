@@ -125,3 +125,6 @@ def qa_f1(prompts, completions, answer=None, **columns) -> list[float]:
 def qa_exact(prompts, completions, answer=None, **columns) -> list[float]:
     """1.0 if the normalised answer equals the normalised `answer` column (any accepted answer)."""
     return _best_against_answers(lambda p, g: float(normalize_answer(p) == normalize_answer(g)), completions, answer)
+
+
+qa_f1.columns = qa_exact.columns = ("answer",)  # the column they read (checked before training starts)
