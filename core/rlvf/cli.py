@@ -59,11 +59,18 @@ def cmd_algorithms(args) -> None:
 
 def cmd_tasks(args) -> None:
     registry = _registry()
-    if args.name:  # show some rows of one task
-        from rlvf.config import TaskConfig
+    if args.name or args.config:  # show some rows of one task: a registered one, or the [task] of a config
+        from rlvf.config import TaskConfig, load_config
         from rlvf.tasks import task_from_config
 
-        task = task_from_config(TaskConfig(name=args.name), registry)
+        if args.config:
+            task_config = load_config(args.config, []).task
+            if args.name and args.name != task_config.name:
+                raise ConfigError(f"{args.config} declares task '{task_config.name}', not '{args.name}'; "
+                                  f"drop the name or --config")
+        else:
+            task_config = TaskConfig(name=args.name)
+        task = task_from_config(task_config, registry)
         for row in task.rows(args.split, limit=args.limit):
             print(json.dumps(row, ensure_ascii=False, default=str))
         return
@@ -78,10 +85,13 @@ def cmd_tasks(args) -> None:
 
 
 def _parse_reward_flag(text: str) -> tuple[str, float]:
-    name, _, weight = text.partition(":")
+    """NAME, NAME:WEIGHT, or a reference FILE.py:FUNCTION / MODULE:FUNCTION, optionally with :WEIGHT."""
+    name, _, weight = text.rpartition(":")
     try:
-        return name, float(weight) if weight else 1.0
+        return (name, float(weight)) if name else (text, 1.0)
     except ValueError:
+        if name and weight.isidentifier():  # a reference without a weight: MODULE:FUNCTION
+            return text, 1.0
         raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number") from None
 
 
@@ -132,9 +142,16 @@ def cmd_score(args) -> None:
             entry.on_error = args.on_error
     mix = mix_from_config(config.reward, _registry())
     rows = read_jsonl(args.input, required=("completion",))
+    for number, row in rows:  # the columns each reward declares it needs, before any is called
+        for entry in mix.entries:
+            missing = [column for column in entry.needed_columns() if column not in row]
+            if missing:
+                raise ConfigError(f"{args.input}:{number}: reward '{entry.name}' needs column '{missing[0]}', "
+                                  f"which the row does not have (it has: {', '.join(sorted(row))})")
 
     totals: dict[str, list[float | None]] = {name: [] for name in [*mix.names, "reward"]}
     failures = dict.fromkeys(mix.names, 0)
+    retries = dict.fromkeys(mix.names, 0)
     with open_text(args.output, "w") as output:
         for start in range(0, len(rows), args.batch_size):
             batch = rows[start: start + args.batch_size]
@@ -156,6 +173,8 @@ def cmd_score(args) -> None:
                 totals["reward"].append(result.total[i])
             for name, count in result.failures.items():
                 failures[name] += count
+            for name, count in result.retries.items():
+                retries[name] += count
             output.flush()
 
     weights = {entry.name: entry.weight for entry in mix.entries}
@@ -165,8 +184,8 @@ def cmd_score(args) -> None:
         summary.append([name, f"{weights[name]:g}" if name in weights else mix.aggregation,
                         f"{sum(scored) / len(scored):.4f}" if scored else "-",
                         f"{min(scored):.4f}" if scored else "-", f"{max(scored):.4f}" if scored else "-",
-                        len(scored), len(values) - len(scored), failures.get(name, "-")])
-    print(format_table(["reward", "weight", "mean", "min", "max", "scored", "n/a", "failures"], summary),
+                        len(scored), len(values) - len(scored), failures.get(name, "-"), retries.get(name, "-")])
+    print(format_table(["reward", "weight", "mean", "min", "max", "scored", "n/a", "failures", "retries"], summary),
           file=sys.stderr)
     print(f"{len(rows)} rows scored -> {args.output}", file=sys.stderr)
 
@@ -185,13 +204,14 @@ def cmd_eval(args) -> None:
     from rlvf.config import load_config
     from rlvf.evaluate import evaluate
     from rlvf.modeling import load_policy
-    from rlvf.rewards import mix_from_config
+    from rlvf.rewards import check_task_columns, mix_from_config
     from rlvf.tasks import task_from_config
 
     config = load_config(args.config, args.overrides)
     registry = _registry()
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)
+    check_task_columns(mix, task, split=config.eval.split)  # bad rows are refused before the model loads
     policy = load_policy(config.model, path=args.model)
     sampler = _sampler(config, policy, config.eval.batch_size)
     report = evaluate(policy.model, policy.tokenizer, task, mix, config.eval, seed=config.seed, sampler=sampler)
@@ -204,13 +224,85 @@ def cmd_eval(args) -> None:
           f"model {policy.path}, sampler {sampler.name}")
 
 
+def _require_a_config(args) -> None:
+    """A training command given nothing at all would start a long all-defaults run in the current directory."""
+    if not args.config and not args.overrides and not args.defaults:
+        raise ConfigError(f"`rlvf {args.command}` needs a config: `rlvf init` writes a commented starter one, "
+                          f"or pass --defaults to run on every default (keys: {REFERENCE})")
+
+
+def cmd_config(args) -> None:
+    from rlvf.config import load_config
+    from rlvf.config_docs import reference_markdown, to_toml
+
+    if args.reference:
+        print(reference_markdown())
+        return
+    print(to_toml(load_config(args.config, args.overrides).model_dump()), end="")
+
+
+def cmd_init(args) -> None:
+    from rlvf.config_docs import starter_config
+
+    task = _registry().task(args.task)
+    text = starter_config(task.name, task.default_rewards)
+    if str(args.output) == "-":
+        print(text, end="")
+        return
+    if args.output.exists() and not args.force:
+        raise ConfigError(f"{args.output} already exists; pass --force to overwrite it, or --output another file")
+    args.output.write_text(text)
+    print(f"wrote {args.output} (task '{task.name}', rewards {task.default_rewards}); run it with: "
+          f"rlvf train {args.output}")
+
+
+def _dry_run(config) -> None:
+    """What `rlvf train` would do, checked as far as it can be without loading the model."""
+    from rlvf.config_docs import to_toml
+    from rlvf.models import EMBEDDED_MODELS, resolve_model
+    from rlvf.rewards import mix_from_config
+    from rlvf.tasks import task_from_config
+
+    print(to_toml(config.model_dump()))
+    registry = _registry()
+    task = task_from_config(config.task, registry)
+    mix = mix_from_config(config.reward, registry, task.default_rewards)
+    train_rows, eval_rows = len(task.rows("train")), len(task.rows("eval"))
+    model = config.model.name if config.model.name in EMBEDDED_MODELS else resolve_model(config.model.name)
+    t = config.train
+    print(f"# would run: {t.steps} steps x {t.prompts_per_step} prompts x {t.group_size} completions of "
+          f"task '{task.name}' ({train_rows} train rows, {eval_rows} eval rows); rewards "
+          f"{', '.join(f'{e.name} x{e.weight:g}' for e in mix.entries)} ({mix.aggregation}); algorithm "
+          f"{config.algorithm.preset or config.algorithm.advantage}; model {model}; sampler "
+          f"{config.sampling.sampler}; output {t.output_dir.format(task=task.name)}")
+
+
 def cmd_train(args) -> None:
     from rlvf.config import load_config
     from rlvf.trainer import Trainer
 
+    _require_a_config(args)
     config = load_config(args.config, args.overrides)
-    trainer = Trainer(config, _registry(), resume=args.resume)
-    results = trainer.run()
+    if args.dry_run:
+        _dry_run(config)
+        return
+    trainer = None
+    try:
+        trainer = Trainer(config, _registry(), resume=args.resume or args.force_resume, force_resume=args.force_resume)
+        results = trainer.run()
+    except KeyboardInterrupt as exc:  # Ctrl-C: one line, exit status 130 (the last checkpoint is whole)
+        import shlex
+
+        again = shlex.join(["rlvf", "train", *([args.config] if args.config else []), *args.overrides, "--resume"])
+        if trainer is None:
+            print(f"\ninterrupted before training started; run again with {again}", file=sys.stderr)
+        else:
+            step = getattr(exc, "step", trainer.step)
+            saved = ("checkpoint saved" if trainer.last_checkpoint == step else "no checkpoint yet: a resume "
+                     "starts over" if trainer.last_checkpoint is None else f"last checkpoint: step "
+                     f"{trainer.last_checkpoint}")
+            print(f"\ninterrupted at step {step} ({saved}); resume with {again}", file=sys.stderr)
+        raise SystemExit(130) from None
     trainer.dist.close()
     if not trainer.dist.is_main:  # under torchrun, rank 0 reports
         return
@@ -232,6 +324,7 @@ def cmd_sft(args) -> None:
     from rlvf.config import load_config
     from rlvf.sft import run_sft
 
+    _require_a_config(args)
     config = load_config(args.config, args.overrides)
     results = run_sft(config, _registry())
     print(f"{results['train_examples']} demonstrations, {results['steps']} optimiser steps; held-out: completion "
@@ -243,6 +336,7 @@ def cmd_train_rm(args) -> None:
     from rlvf.config import load_config
     from rlvf.reward_model import run_train_rm
 
+    _require_a_config(args)
     config = load_config(args.config, args.overrides)
     results = run_train_rm(config, _registry())
     print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
@@ -254,6 +348,7 @@ def cmd_dpo(args) -> None:
     from rlvf.config import load_config
     from rlvf.dpo import run_dpo
 
+    _require_a_config(args)
     config = load_config(args.config, args.overrides)
     results = run_dpo(config, _registry())
     print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
@@ -265,6 +360,7 @@ def cmd_train_judge(args) -> None:
     from rlvf.config import load_config
     from rlvf.judge import run_train_judge
 
+    _require_a_config(args)
     config = load_config(args.config, args.overrides)
     results = run_train_judge(config, _registry())
     for key, value in (results.get("generated") or {}).items():
@@ -333,13 +429,28 @@ def cmd_vllm_serve(args) -> None:
     os.execve(command[0], command, environment)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlvf", description="RL for language models with plugin rewards")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+REFERENCE = "examples/CONFIG.md, or `rlvf config --reference`"
 
-    def add(name, function, help_text):
-        sub = commands.add_parser(name, help=help_text, description=help_text)
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlvf", description="RL for language models with plugin rewards",
+                                     epilog=f"every config key: {REFERENCE}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.commands = {}  # name -> its parser, which main() runs alone so that options may come anywhere
+
+    def add(name, function, help_text, config_keys=False):
+        epilog = f"config keys: {REFERENCE}" if config_keys else None
+        sub = commands.add_parser(name, help=help_text, description=help_text, epilog=epilog)
         sub.set_defaults(function=function)
+        parser.commands[name] = sub
+        return sub
+
+    def add_stage(name, function, help_text, config_help, overrides_help):
+        """A training command: CONFIG and overrides, or --defaults."""
+        sub = add(name, function, help_text, config_keys=True)
+        sub.add_argument("config", nargs="?", help=config_help)
+        sub.add_argument("overrides", nargs="*", help=overrides_help)
+        sub.add_argument("--defaults", action="store_true", help="run on every default when no config is given")
         return sub
 
     sub = add("plugins", cmd_plugins, "list installed plugins and what they provide")
@@ -349,6 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("algorithms", cmd_algorithms, "list the algorithm registries and presets ([algorithm] config keys)")
     sub = add("tasks", cmd_tasks, "list available tasks, or print rows of one")
     sub.add_argument("name", nargs="?", help="print rows of this task as JSONL")
+    sub.add_argument("--config", help="print rows of the [task] this config declares (dataset tasks too)")
     sub.add_argument("--split", default="eval", choices=["train", "eval"])
     sub.add_argument("--limit", type=int, default=5)
     sub.add_argument("--json", action="store_true")
@@ -370,26 +482,35 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--model", help="a model directory or checkpoint instead of [model].name")
     sub.add_argument("--output", type=Path, help="write the scored completions here (JSONL)")
 
-    sub = add("train", cmd_train, "train a policy with RL (GRPO and friends) on a task and a reward mix")
+    sub = add_stage("train", cmd_train, "train a policy with RL (GRPO and friends) on a task and a reward mix",
+                    "TOML config (`rlvf init` writes one)", "dotted overrides, e.g. train.lr=1e-6 train.steps=50")
+    sub.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in train.output_dir")
+    sub.add_argument("--force-resume", action="store_true",
+                     help="with --resume: continue although the config differs from the run's config.json")
+    sub.add_argument("--dry-run", action="store_true",
+                     help="print the resolved config and what would run (task rows, rewards, model), then stop")
+
+    add_stage("sft", cmd_sft, "supervised fine-tuning on demonstrations (loss on completion tokens only)",
+              "TOML config ([model], [sft], and [task] for task demonstrations)",
+              "dotted overrides, e.g. sft.lr=2e-5 sft.packing=true")
+    add_stage("train-rm", cmd_train_rm, "train a Bradley-Terry reward model on preference pairs",
+              "TOML config ([model], [preference], [rm])", "dotted overrides, e.g. rm.margin=0.5")
+    add_stage("dpo", cmd_dpo, "direct preference optimisation (DPO or IPO) on preference pairs",
+              "TOML config ([model], [preference], [dpo])", "dotted overrides, e.g. dpo.beta=0.1 dpo.loss=ipo")
+    add_stage("train-judge", cmd_train_judge, "train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows",
+              "TOML config ([model], [judge]; [task] and [reward] to generate rows)",
+              "dotted overrides, e.g. judge.lr=1e-5 judge.rows.n=8")
+
+    sub = add("init", cmd_init, "write a commented starter config for `rlvf train` on a task")
+    sub.add_argument("task", nargs="?", default="arithmetic", help="a task name (`rlvf tasks` lists them)")
+    sub.add_argument("--output", "-o", type=Path, default=Path("rlvf.toml"), help="where to write it ('-': stdout)")
+    sub.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    sub = add("config", cmd_config, "print a config resolved (file + overrides + defaults) as TOML",
+              config_keys=True)
     sub.add_argument("config", nargs="?", help="TOML config")
-    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-6 train.steps=50")
-    sub.add_argument("--resume", action="store_true", help="continue from the last checkpoint in train.output_dir")
-
-    sub = add("sft", cmd_sft, "supervised fine-tuning on demonstrations (loss on completion tokens only)")
-    sub.add_argument("config", nargs="?", help="TOML config ([model], [sft], and [task] for task demonstrations)")
-    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. sft.lr=2e-5 sft.packing=true")
-
-    sub = add("train-rm", cmd_train_rm, "train a Bradley-Terry reward model on preference pairs")
-    sub.add_argument("config", nargs="?", help="TOML config ([model], [preference], [rm])")
-    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. rm.margin=0.5")
-
-    sub = add("dpo", cmd_dpo, "direct preference optimisation (DPO or IPO) on preference pairs")
-    sub.add_argument("config", nargs="?", help="TOML config ([model], [preference], [dpo])")
-    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. dpo.beta=0.1 dpo.loss=ipo")
-
-    sub = add("train-judge", cmd_train_judge, "train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows")
-    sub.add_argument("config", nargs="?", help="TOML config ([model], [judge]; [task] and [reward] to generate rows)")
-    sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. judge.lr=1e-5 judge.rows.n=8")
+    sub.add_argument("overrides", nargs="*", help="dotted overrides")
+    sub.add_argument("--reference", action="store_true", help="print every key with its type, default and meaning")
 
     sub = add("pairs", cmd_pairs, "sample a model on a task and write verified preference pairs (JSONL)")
     sub.add_argument("config", nargs="?", help="TOML config ([model], [task], [reward], [pairs])")
@@ -422,7 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     passthrough = argv[argv.index("--") + 1:] if "--" in argv else []
     parser = build_parser()
-    args = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
+    own = argv[: argv.index("--")] if "--" in argv else argv
+    if own and own[0] in parser.commands:  # options anywhere: `rlvf train t.toml --resume train.steps=5`
+        args = parser.commands[own[0]].parse_intermixed_args(own[1:])
+        args.command = own[0]
+    else:
+        args = parser.parse_args(own)
     if "--" in argv and not getattr(args, "passthrough_ok", False):
         parser.error(f"`rlvf {args.command}` takes no arguments after --")
     args.passthrough = passthrough

@@ -71,7 +71,7 @@ def _load_backbone(name: str, dtype: torch.dtype):
     from rlvf.models import resolve_model
 
     try:
-        path = resolve_model(name)
+        path = resolve_model(name, key="critic.init")
         architectures = AutoConfig.from_pretrained(path).architectures or []
         if any(a.endswith("ForSequenceClassification") for a in architectures):
             model = AutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)

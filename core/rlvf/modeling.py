@@ -44,7 +44,7 @@ def load_policy(config: ModelConfig, path: str | None = None) -> Policy:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # per-shard bars would bury the training progress bar
-    path = path or resolve_model(config.name)
+    path = resolve_model(path, key="--model") if path else resolve_model(config.name)
     device, dtype = pick_device_and_dtype(config.dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)

@@ -12,8 +12,11 @@ import fcntl
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,10 +42,45 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "rlvf"
 
 
-def resolve_model(name: str) -> str:
-    """A path or hub id `from_pretrained` accepts; embedded names are converted on first use."""
+def resolve_model(name: str, key: str = "model.name") -> str:
+    """A path or hub id `from_pretrained` accepts; embedded names are converted on first use.
+
+    Fails at once, in one line naming `key`, where loading would fail late or slowly: a local path that holds
+    no model, or a hub id that is not cached while the hub is offline or out of reach (transformers would
+    retry for half a minute first)."""
     embedded = EMBEDDED_MODELS.get(name)
-    return str(ensure_embedded_model(embedded)) if embedded else name
+    if embedded:
+        return str(ensure_embedded_model(embedded))
+    path = Path(name).expanduser()
+    if path.exists():
+        if path.is_dir() and (path / "config.json").is_file():
+            return str(path)
+        what = "a directory without config.json" if path.is_dir() else "a file"
+        raise ConfigError(f"{key} = {name!r} is {what}, not a model directory (a training run keeps its model in "
+                          "final/)")
+    known = f"a local model directory, an embedded model ({', '.join(EMBEDDED_MODELS)}) or a hub id org/name"
+    if name.startswith(("/", ".", "~")) or name.count("/") > 1 or not _HUB_ID.fullmatch(name):
+        raise ConfigError(f"{key} = {name!r}: no such directory; give {known}")
+    _check_hub_model(name, key, known)
+    return name
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _check_hub_model(name: str, key: str, known: str) -> None:
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    where = f"there is no directory {name!r} here and the hub model is not in the local Hugging Face cache"
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{key} = {name!r}: {where}, and HF_HUB_OFFLINE is set; give {known}")
+    host = urllib.parse.urlparse(constants.ENDPOINT).hostname or ""
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as exc:
+        raise ConfigError(f"{key} = {name!r}: {where}, and {host} cannot be reached ({exc}); give {known}") from None
 
 
 def _gguf_path(model: EmbeddedModel) -> Path:

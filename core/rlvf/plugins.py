@@ -8,9 +8,12 @@ hook that raises is reported with the distribution and entry point at fault.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -50,6 +53,11 @@ class Registry:
     _owner: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
     def reward(self, name: str) -> RewardSpec:
+        """A registered reward, or one given by reference (`my_rewards.py:fn`, `package.module:fn`)."""
+        if ":" in name:
+            if name not in self.rewards:
+                self.rewards[name] = reward_reference(name)
+            return self.rewards[name]
         if name not in self.rewards:
             raise PluginError(
                 f"unknown reward '{name}'. Installed rewards: {', '.join(sorted(self.rewards)) or 'none'}. "
@@ -111,6 +119,34 @@ class Registry:
                 except Exception as exc:
                     raise PluginError(
                         f"{info.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def reward_reference(reference: str) -> RewardSpec:
+    """A reward given by reference for quick experiments, without packaging a plugin: `path/to/file.py:name`
+    (a path relative to the current directory) or `package.module:name` (importable)."""
+    target, _, attribute = reference.rpartition(":")
+    where = f"reward reference '{reference}'"
+    if not target or not attribute.isidentifier():
+        raise PluginError(f"{where}: expected FILE.py:NAME or MODULE:NAME")
+    try:
+        if target.endswith(".py"):
+            path = Path(target).expanduser()
+            if not path.is_file():
+                raise PluginError(f"{where}: there is no file {path} (relative to {Path.cwd()})")
+            module_name = f"rlvf_reward_reference_{abs(hash(str(path.resolve())))}"
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module  # so that the reward pickles (Ray) and dataclasses work
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except PluginError:
+        raise
+    except Exception as exc:
+        raise PluginError(f"{where}: importing {target} raised {type(exc).__name__}: {exc}") from exc
+    if not hasattr(module, attribute):
+        raise PluginError(f"{where}: {target} has no '{attribute}'")
+    return RewardSpec.from_callable(getattr(module, attribute), name=attribute, plugin=f"reference {reference}")
 
 
 def _new_manager() -> pluggy.PluginManager:
