@@ -197,3 +197,38 @@ def test_mix_from_config_uses_installed_plugins_aliases_and_task_defaults():
     assert defaults.names == ["boxed"]
     with pytest.raises(RewardError, match="no rewards"):
         mix_from_config(RewardConfig(), registry)
+
+
+def test_a_batch_error_that_vanishes_sample_by_sample_is_counted_and_reported_once(capsys):
+    """Before, a reward that raised on a batch and then succeeded on each sample left no trace (failures 0)."""
+    def picky(prompts, completions, **columns):
+        if len(completions) > 1:
+            raise ValueError("batch too big")
+        return [1.0]
+
+    async def picky_async(prompts, completions, **columns):
+        return picky(prompts, completions)
+
+    mix = RewardMix([MixEntry("picky", picky), MixEntry("picky_async", picky_async),
+                     MixEntry("fine", constant([0.5, 0.5, 0.5]))])
+    result = mix.score(["p"] * 3, ["a", "b", "c"])
+    assert result.per_reward["picky"] == [1.0, 1.0, 1.0] and result.failures == {}
+    assert result.retries == {"picky": 1, "picky_async": 1}
+    metrics = result.metrics()
+    assert metrics["reward/picky/retries"] == 1.0 and metrics["reward/fine/retries"] == 0.0
+    warned = capsys.readouterr().err
+    assert "reward 'picky' raised on a batch of 3 (ValueError: batch too big)" in warned
+    assert "reward 'picky_async' raised on a batch of 3" in warned
+    assert mix.score(["p"] * 3, ["a", "b", "c"]).retries == {"picky": 1, "picky_async": 1}
+    assert "raised on a batch" not in capsys.readouterr().err  # the warning comes once per reward
+
+
+def test_chat_prompts_give_rewards_chat_completions():
+    def form(prompts, completions, **columns):  # 1.0: TRL's conversational completion, 0.0: a string
+        return [1.0 if c == [{"role": "assistant", "content": "a"}] else 0.0 if c == "a" else -1.0
+                for c in completions]
+
+    chat = [{"role": "user", "content": "hi"}]
+    completions = ["a", [{"role": "assistant", "content": "a"}], {"role": "assistant", "content": "a"}]
+    result = RewardMix([MixEntry("form", form)]).score([chat, "hi", chat], completions)
+    assert result.per_reward["form"] == [1.0, 0.0, 1.0]

@@ -59,14 +59,14 @@ def cmd_algorithms(args) -> None:
 
 def cmd_tasks(args) -> None:
     registry = _registry()
-    if args.name or args.config:  # show some rows of one task: a registered one, or the [task] of a config
+    if args.name or args.task_config:  # show some rows of one task: a registered one, or the [task] of a config
         from rlvf.config import TaskConfig, load_config
         from rlvf.tasks import task_from_config
 
-        if args.config:
-            task_config = load_config(args.config, []).task
+        if args.task_config:
+            task_config = load_config(args.task_config, []).task
             if args.name and args.name != task_config.name:
-                raise ConfigError(f"{args.config} declares task '{task_config.name}', not '{args.name}'; "
+                raise ConfigError(f"{args.task_config} declares task '{task_config.name}', not '{args.name}'; "
                                   f"drop the name or --config")
         else:
             task_config = TaskConfig(name=args.name)
@@ -142,12 +142,12 @@ def cmd_score(args) -> None:
             entry.on_error = args.on_error
     mix = mix_from_config(config.reward, _registry())
     rows = read_jsonl(args.input, required=("completion",))
-    for number, row in rows:  # the columns each reward declares it needs, before any is called
-        for entry in mix.entries:
-            missing = [column for column in entry.needed_columns() if column not in row]
-            if missing:
-                raise ConfigError(f"{args.input}:{number}: reward '{entry.name}' needs column '{missing[0]}', "
-                                  f"which the row does not have (it has: {', '.join(sorted(row))})")
+    present = {key for _, row in rows for key in row}  # a row without a column scores None ("does not apply")
+    for entry in mix.entries:  # but a column a reward declares it needs must be in some row, before any is called
+        missing = [column for column in entry.needed_columns() if column not in present]
+        if missing and rows:
+            raise ConfigError(f"reward '{entry.name}' needs column '{missing[0]}', which no row of {args.input} has "
+                              f"(they have: {', '.join(sorted(present))})")
 
     totals: dict[str, list[float | None]] = {name: [] for name in [*mix.names, "reward"]}
     failures = dict.fromkeys(mix.names, 0)
@@ -460,7 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("algorithms", cmd_algorithms, "list the algorithm registries and presets ([algorithm] config keys)")
     sub = add("tasks", cmd_tasks, "list available tasks, or print rows of one")
     sub.add_argument("name", nargs="?", help="print rows of this task as JSONL")
-    sub.add_argument("--config", help="print rows of the [task] this config declares (dataset tasks too)")
+    sub.add_argument("--config", dest="task_config", metavar="CONFIG",
+                     help="print rows of the [task] this config declares (dataset tasks too)")
     sub.add_argument("--split", default="eval", choices=["train", "eval"])
     sub.add_argument("--limit", type=int, default=5)
     sub.add_argument("--json", action="store_true")

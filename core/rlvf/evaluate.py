@@ -9,7 +9,7 @@ from typing import Any
 from rlvf.config import EvalConfig
 from rlvf.errors import ConfigError
 from rlvf.modeling import encode_prompts
-from rlvf.rewards import MixResult, RewardMix
+from rlvf.rewards import MixResult, RewardMix, check_task_columns
 from rlvf.sampling import HFSampler, Sampler, Samples, SamplingParams
 from rlvf.tasks import Task
 
@@ -60,6 +60,7 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
     rows = task.rows(config.split, limit=config.limit)
     if not rows:
         raise ConfigError(f"task '{task.name}' has no rows in split '{config.split}'")
+    check_task_columns(mix, task, rows=rows)
     if config.n > 1 and config.temperature <= 0:
         raise ConfigError(f"eval.n = {config.n} samples per prompt need eval.temperature > 0 (greedy repeats itself)")
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,

@@ -22,7 +22,7 @@ from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, score_samples
 from rlvf.modeling import encode_prompts
-from rlvf.rewards import RewardMix
+from rlvf.rewards import RewardMix, check_task_columns
 from rlvf.sampling import HFSampler, Sampler, SamplingParams
 from rlvf.tasks import DatasetTask, Task, split_held_out
 from rlvf.text import completion_text
@@ -113,6 +113,7 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
     rows = task.rows(config.split, limit=config.limit)
     if not rows:
         raise ConfigError(f"task '{task.name}' has no rows in split '{config.split}'")
+    check_task_columns(mix, task, rows=rows)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
                             n=config.n)
     sampler = sampler or HFSampler(model, tokenizer, batch_size=config.batch_size)
