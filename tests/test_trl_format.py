@@ -251,3 +251,18 @@ def test_rlvf_tasks_shows_the_rows_of_a_task_declared_in_a_config(tmp_path):
     result = run_rlvf("tasks", "--config", str(config), check=False)
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].startswith(f"rlvf tasks: error: {broken}:2: not valid JSON")
+
+
+def test_the_readme_plugin_example_scores_string_and_chat_completions(tmp_path, site):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    source = readme.split("# rlvf-short/rlvf_short/plugin.py\n", 1)[1].split("```", 1)[0]
+    directory, env = site
+    write_distribution(directory, "rlvf-short", "rlvf_short_plugin", source, {"short": "rlvf_short_plugin"})
+    chat = [{"role": "user", "content": "Say hi."}]
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"prompt": "Say hi.", "completion": "hi"},
+                                                 {"prompt": chat, "completion": "hi"},
+                                                 {"prompt": chat, "completion": "x" * 300}])
+    run_rlvf("score", "--reward", "short", "--input", str(rows), "--output", str(tmp_path / "out.jsonl"), env=env)
+    assert [json.loads(line)["short"] for line in (tmp_path / "out.jsonl").read_text().splitlines()] == [1.0, 1.0, 0.0]
