@@ -32,7 +32,7 @@ from rlvf.errors import ConfigError
 from rlvf.evaluate import CORRECT, evaluate, score_samples
 from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
-from rlvf.rewards import MixResult, RewardMix, mix_from_config
+from rlvf.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
 from rlvf.sampling import SamplingParams, sampler_from_config
 from rlvf.tasks import Task, task_from_config
 
@@ -186,9 +186,13 @@ def _merge_results(results: list[MixResult]) -> MixResult:
     for result in results:
         for name, count in result.failures.items():
             failures[name] = failures.get(name, 0) + count
+    retries: dict[str, int] = {}
+    for result in results:
+        for name, count in result.retries.items():
+            retries[name] = retries.get(name, 0) + count
     per_reward = {name: [v for r in results for v in r.per_reward[name]] for name in results[0].per_reward}
     return MixResult(total=[v for r in results for v in r.total], per_reward=per_reward, failures=failures,
-                     reward_metrics=metrics)
+                     reward_metrics=metrics, retries=retries)
 
 
 def _scalar(value) -> float:
@@ -227,6 +231,9 @@ class Trainer:
         self.mix: RewardMix = mix_from_config(config.reward, registry, self.task.default_rewards)
         self.accuracy_reward = config.eval.accuracy_reward or self.mix.names[0]
         self.output_dir = Path(config.train.output_dir.format(task=self.task.name))
+        # the columns the rewards need, on the first rows of both splits, before a run directory or model exists
+        check_task_columns(self.mix, self.task, "train")
+        check_task_columns(self.mix, self.task, config.eval.split)
         self.train_rows = self.task.rows("train")
         if not self.train_rows:
             raise ConfigError(f"task '{self.task.name}' has no training rows")
