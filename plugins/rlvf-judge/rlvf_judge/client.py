@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 import time
 from collections import Counter
@@ -57,7 +58,9 @@ class ServerJudge:
             raise ValueError(f"spellings {sorted(self.yes & self.no)} are both a yes and a no answer")
         self.top_logprobs, self.timeout, self.retries, self.backoff = top_logprobs, timeout, retries, backoff
         self.concurrency, self.cooldown = concurrency, cooldown
-        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        from rlvf.server_auth import JUDGE_TOKEN_ENV, bearer_headers
+
+        self.headers = bearer_headers(api_key or os.environ.get(JUDGE_TOKEN_ENV))
         self.metrics: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._down: tuple[float, str] | None = None  # (until when, why) after a request used up its retries
@@ -89,6 +92,9 @@ class ServerJudge:
         detail = f"HTTP {response.status_code}: {response.text[:300]}"
         if response.status_code in (408, 429) or response.status_code >= 500:
             return None, detail
+        if response.status_code in (401, 403):
+            raise RewardError(f"the judge server at {response.request.url} wants a token ({detail}): set the judge "
+                              "reward's `api_key` option or $RLVF_JUDGE_API_KEY to the server's --api-key")
         raise RewardError(f"the judge server at {response.request.url} rejected the request ({detail}); check the "
                           "judge reward's `model` and `api` options")
 

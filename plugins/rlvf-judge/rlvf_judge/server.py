@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -203,9 +204,22 @@ class Engine:
                                             "max_model_len": self.max_length}]}
 
 
-def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True) -> ThreadingHTTPServer:
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True,
+                api_key: str | None = None) -> ThreadingHTTPServer:
+    """With `api_key`, every request on every path must carry `Authorization: Bearer API_KEY` (else 401)."""
+    from rlvf.server_auth import token_matches
+
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def _authorized(self) -> bool:
+            if api_key is None or token_matches(self.headers.get("Authorization"), api_key):
+                return True
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length)  # read what was sent, so that the connection stays usable
+            self._send(401, {"error": {"message": "unauthorized: send Authorization: Bearer TOKEN",
+                                       "type": "invalid_request_error", "code": 401}})
+            return False
 
         def log_message(self, format, *args):
             if not quiet:
@@ -224,6 +238,8 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, quiet
             self._send(status, {"error": {"message": message, "type": kind, "code": status}})
 
         def do_GET(self):
+            if not self._authorized():
+                return
             path = self.path.split("?")[0].rstrip("/")
             if path in ("/v1/models", "/models"):
                 self._send(200, engine.models())
@@ -233,6 +249,8 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, quiet
                 self._error(404, f"no route GET {self.path}")
 
         def do_POST(self):
+            if not self._authorized():
+                return
             path = self.path.split("?")[0].rstrip("/")
             routes = {"/v1/chat/completions": engine.chat, "/v1/completions": engine.completions}
             try:
@@ -265,9 +283,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     parser.add_argument("--max-logprobs", type=int, default=20, help="the largest top_logprobs a request may ask")
     parser.add_argument("--log-requests", action="store_true")
+    parser.add_argument("--api-key", help="a token every request must carry (default: $RLVF_JUDGE_API_KEY); "
+                        "required to listen beyond loopback")
     args = parser.parse_args(argv)
+    from rlvf.errors import ConfigError
+    from rlvf.server_auth import JUDGE_TOKEN_ENV, require_token_off_loopback
+
+    token = args.api_key or os.environ.get(JUDGE_TOKEN_ENV) or None
+    try:
+        require_token_off_loopback(args.host, token, "python -m rlvf_judge.server",
+                                   f"--api-key TOKEN or {JUDGE_TOKEN_ENV}=TOKEN, and the judge reward's api_key "
+                                   "option or the same variable where it runs")
+    except ConfigError as exc:
+        print(f"rlvf_judge.server: error: {exc}", file=sys.stderr)
+        return 2
     engine = Engine(args.model, args.served_model_name, args.dtype, args.max_logprobs)
-    server = make_server(engine, args.host, args.port, quiet=not args.log_requests)
+    server = make_server(engine, args.host, args.port, quiet=not args.log_requests, api_key=token)
     host, port = server.server_address[:2]
     print(f"rlvf_judge.server: serving {engine.name} on http://{host}:{port}/v1", flush=True)
     try:
