@@ -420,12 +420,18 @@ def cmd_vllm_serve(args) -> None:
 
     from rlvf.models import resolve_model
     from rlvf.sampling import vllm_missing, vllm_serve_command
+    from rlvf.server_auth import VLLM_TOKEN_ENV, require_token_off_loopback
 
+    token = args.api_key or os.environ.get(VLLM_TOKEN_ENV) or None
+    require_token_off_loopback(args.host, token, "rlvf vllm-serve",
+                               f"--api-key TOKEN or {VLLM_TOKEN_ENV}=TOKEN, and the same in the trainer's "
+                               "environment or sampling.vllm_server_api_key")
     if missing := vllm_missing():
         raise ConfigError(missing)
     command, environment = vllm_serve_command(resolve_model(args.model), port=args.port, host=args.host,
-                                              dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, extra=args.passthrough)
-    print(" ".join(command), file=sys.stderr, flush=True)
+                                              dtype=args.dtype, kv_cache_gb=args.kv_cache_gb, extra=args.passthrough,
+                                              token=token)
+    print(" ".join(command), file=sys.stderr, flush=True)  # the token travels in the environment, not here
     os.execve(command[0], command, environment)
 
 
@@ -533,6 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to serve other machines")
     sub.add_argument("--dtype", default="auto", help="auto: the trainer's (bfloat16 on a GPU, float32 on a CPU)")
     sub.add_argument("--kv-cache-gb", type=float, help="KV cache size (default on a CPU: 1 GiB)")
+    sub.add_argument("--api-key", help="a token every request must carry, on every path (default: "
+                     "$RLVF_VLLM_API_KEY); required to listen beyond loopback")
     sub.set_defaults(passthrough_ok=True)  # after `--`: more `vllm serve` options, e.g. -- --tensor-parallel-size 4
 
     sub = add("model", cmd_model, "resolve a model name to a local directory (converting an embedded model once)")

@@ -8,6 +8,7 @@ Unknown or ill-typed keys are rejected with the key's dotted path.
 from __future__ import annotations
 
 import copy
+import importlib.util
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,13 @@ from rlvf.errors import ConfigError
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _loggers_installed(report_to: list[str]) -> list[str]:
+    """W&B is optional: found missing before training starts, not at the first log line."""
+    if "wandb" in report_to and importlib.util.find_spec("wandb") is None:
+        raise ValueError("'wandb' needs the wandb package: pip install wandb (or drop it from report_to)")
+    return report_to
 
 
 class ModelConfig(Section):
@@ -104,6 +112,7 @@ class SamplingConfig(Section):
     # path (none: a temporary directory, which works when the server runs on this machine)
     vllm_server: str | None = None
     vllm_server_weights_dir: str | None = None
+    vllm_server_api_key: str | None = None  # the token `rlvf vllm-serve --api-key` requires; none: $RLVF_VLLM_API_KEY
 
 
 class EvalConfig(Section):
@@ -204,11 +213,15 @@ class TrainConfig(Section):
     dynamic_sampling: bool = False  # drop groups whose rewards are all equal (they carry no signal)
     gradient_checkpointing: bool = False
     output_dir: str = "runs/{task}"
-    save_every: int = 10  # steps between checkpoints (0: only the final model)
-    keep_checkpoints: int = 2
+    save_every: int = 10  # steps between checkpoints (0: only the final model, and one at Ctrl-C)
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept (0: all); a 135M model's is ~1.6 GB
+    # steps between samples of the step's completions (prompt, completion, each reward, the mix) written to
+    # completions.jsonl and, with tensorboard, as text (0: off)
+    log_completions_every: int = 10
     eval_every: int = 0  # steps between held-out evaluations (0: only before and after training)
     eval_before: bool = True
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
+    _check_report_to = field_validator("report_to")(_loggers_installed)
     progress: bool = True
     # Under torchrun (rlvf.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
     # rank samples and scores its share of the step's prompts. "none": one process.
@@ -234,6 +247,7 @@ class FinetuneConfig(Section):
     eval_every: int = 0  # optimiser steps between held-out evaluations (0: only before and after)
     output_dir: str = "runs/finetune"  # metrics.jsonl, results.json and the final HF model in final/
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
+    _check_report_to = field_validator("report_to")(_loggers_installed)
     progress: bool = True
 
 
