@@ -89,7 +89,8 @@ def test_reward_by_reference_without_a_plugin(tmp_path):
                     check=False).returncode == 2  # importable, but not a reward: it fails on the batch, by name
     for reference, message in (("nowhere.py:short", "there is no file nowhere.py"),
                                ("my_rewards.py:long", "my_rewards.py has no 'long'"),
-                               ("no_such_module_xyz:f", "importing no_such_module_xyz raised ModuleNotFoundError")):
+                               ("no_such_pkg_xyz.rewards:f", "importing no_such_pkg_xyz.rewards raised "
+                                                              "ModuleNotFoundError")):
         result = run_rlvf("score", "--reward", reference, "--input", str(rows), cwd=tmp_path, check=False)
         assert result.returncode == 2 and message in result.stderr, result.stderr
 

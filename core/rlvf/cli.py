@@ -90,7 +90,7 @@ def _parse_reward_flag(text: str) -> tuple[str, float]:
     try:
         return (name, float(weight)) if name else (text, 1.0)
     except ValueError:
-        if name and weight.isidentifier():  # a reference without a weight: MODULE:FUNCTION
+        if weight.isidentifier() and (name.endswith(".py") or "." in name):  # FILE.py:FN or PKG.MODULE:FN
             return text, 1.0
         raise ConfigError(f"--reward {text!r}: the weight after ':' must be a number") from None
 
