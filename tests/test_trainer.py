@@ -54,7 +54,7 @@ def toy(tmp_path, char_model_dir):
     return char_model_dir, data, site
 
 
-def in_process_trainer(config: Config, site, resume=False) -> Trainer:
+def in_process_trainer(config: Config, site, resume=False, force_resume=False) -> Trainer:
     import importlib
     import sys
 
@@ -65,7 +65,7 @@ def in_process_trainer(config: Config, site, resume=False) -> Trainer:
         sys.path.remove(str(site))
     registry = load_registry()
     registry.add_plugin(module, PluginInfo("digits", "rlvf-digits", "0.1.0", "digits = rlvf_digits"))
-    return Trainer(config, registry, resume=resume)
+    return Trainer(config, registry, resume=resume, force_resume=force_resume)
 
 
 def training_metrics(run_dir) -> list[dict]:
@@ -224,3 +224,207 @@ def test_a_value_head_on_the_policy_backbone_trains(toy, tmp_path):
     assert trainer.critic.head.weight.abs().sum() > 0  # it started at 0 and learned
     assert all(m["value_loss"] >= 0 and "critic/grad_norm" in m for m in metrics)
     assert not (tmp_path / "run" / "final" / "critic").exists()  # the final HF model is the policy alone
+
+
+# --- issue #16: checkpoints verified, run directories checked first, resume and Ctrl-C say what they do ---
+
+def damage(path: Path, how: str) -> None:
+    data = path.read_bytes()
+    if how == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    else:  # flip bytes in the middle: same size, other content
+        middle = len(data) // 2
+        path.write_bytes(data[:middle] + bytes(b ^ 0xFF for b in data[middle: middle + 64]) + data[middle + 64:])
+
+
+def interrupted_run(toy, tmp_path, steps=4, **train) -> tuple[list[str], Path]:
+    """A run of `steps` steps that saved every 2, then lost its final model and results (as if killed)."""
+    model_dir, data, site = toy
+    overrides = toy_config(model_dir, data, tmp_path / "run", steps=steps, save_every=2, eval_before=False, **train)
+    in_process_trainer(load_config(None, overrides), site).run()
+    shutil.rmtree(tmp_path / "run" / "final")
+    (tmp_path / "run" / "results.json").unlink()
+    return overrides, tmp_path / "run"
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("how", ["truncate", "corrupt"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(toy, tmp_path, capsys, how):
+    from rlvf.rundir import checkpoint_problem
+
+    overrides, run_dir = interrupted_run(toy, tmp_path)
+    checkpoints = run_dir / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000002", "step-000004"]
+    assert all((p / "manifest.json").is_file() and checkpoint_problem(p) is None for p in checkpoints.iterdir())
+    damage(checkpoints / "step-000004" / "model.safetensors", how)
+    capsys.readouterr()
+
+    resumed = in_process_trainer(load_config(None, overrides), toy[2], resume=True)
+    err = capsys.readouterr().err
+    reason = "truncated" if how == "truncate" else "corrupted, checksum mismatch"
+    assert f"checkpoint step-000004 is damaged (model.safetensors: {reason}" in err
+    assert "; resuming from step-000002\n" in err and f"resuming {run_dir} from step 2 of 4" in err
+    assert resumed.step == 2
+    resumed.run()  # rewrites step 4 whole
+    assert [m["step"] for m in training_metrics(run_dir)] == [1, 2, 3, 4]
+    assert checkpoint_problem(checkpoints / "step-000004") is None
+
+
+@pytest.mark.timeout(120)
+def test_no_usable_checkpoint_is_one_clear_error(toy, tmp_path):
+    from rlvf.errors import ConfigError
+
+    overrides, run_dir = interrupted_run(toy, tmp_path)
+    damage(run_dir / "checkpoints" / "step-000004" / "trainer_state.pt", "truncate")
+    (run_dir / "checkpoints" / "step-000002" / "model.safetensors").unlink()
+    with pytest.raises(ConfigError) as error:
+        in_process_trainer(load_config(None, overrides), toy[2], resume=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "step-000004 (trainer_state.pt: truncated" in message and "step-000002 (model.safetensors: missing)" \
+        in message and "remove the directory to start over, or set train.output_dir" in message
+
+
+@pytest.mark.timeout(120)
+def test_keep_checkpoints_keeps_the_newest_n(toy, tmp_path):
+    _, run_dir = interrupted_run(toy, tmp_path, steps=8, keep_checkpoints=3)
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step-000004", "step-000006",
+                                                                          "step-000008"]
+    shutil.rmtree(tmp_path / "run")
+    _, run_dir = interrupted_run(toy, tmp_path, steps=6, keep_checkpoints=0)  # 0: all
+    assert len(list((run_dir / "checkpoints").iterdir())) == 3
+
+
+def test_run_directory_problems_are_found_before_the_model_loads(toy, tmp_path):
+    from rlvf.errors import ConfigError
+
+    _, data, site = toy
+    missing_model = tmp_path / "no-such-model"  # loading it would fail: the run directory is checked first
+
+    def trainer(output_dir, resume=False):
+        return in_process_trainer(load_config(None, toy_config(missing_model, data, output_dir, steps=1)), site,
+                                  resume=resume)
+
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    with pytest.raises(ConfigError, match=rf"train.output_dir = {a_file} is a file, not a directory: set "
+                                          "train.output_dir to another path"):
+        trainer(a_file)
+    with pytest.raises(ConfigError, match=rf"{a_file} is a file, not a directory"):
+        trainer(a_file / "run")
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "results.json").write_text("{}")
+    with pytest.raises(ConfigError, match=rf"{finished} already holds a finished run: set train.output_dir"):
+        trainer(finished)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("command,section", [("sft", "sft"), ("train-rm", "rm"), ("dpo", "dpo"),
+                                             ("train-judge", "judge")])
+def test_supervised_stages_check_their_output_dir_before_loading(tmp_path, command, section):
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"{i}+1=", "chosen": str(i + 1), "rejected": "x",
+                                         "completion": str(i + 1), "response": str(i + 1), "label": i % 2}) + "\n"
+                             for i in range(10)))
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    data = {"sft": [f"sft.dataset={json.dumps(str(pairs))}"], "judge": [f"judge.dataset={json.dumps(str(pairs))}"],
+            "rm": [f"preference.dataset={json.dumps(str(pairs))}"],
+            "dpo": [f"preference.dataset={json.dumps(str(pairs))}"]}[section]
+    key = f"{section}.output_dir"
+    for output_dir, expected in ((a_file, f"{key} = {a_file} is a file, not a directory: set {key} to another path"),
+                                 (tmp_path, f"{tmp_path} already holds a run: set {key} to another path (or remove "
+                                            "it)")):
+        result = run_rlvf(command, f"model.name={json.dumps(str(tmp_path / 'no-such-model'))}", *data,
+                          f"{key}={json.dumps(str(output_dir))}", check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.strip().splitlines()[-1] == f"rlvf {command}: error: {expected}"
+        assert "Traceback" not in result.stderr
+
+
+@pytest.mark.timeout(120)
+def test_resume_says_what_it_does_and_refuses_another_config(toy, tmp_path, capsys):
+    from rlvf.errors import ConfigError
+
+    model_dir, data, site = toy
+    fresh = toy_config(model_dir, data, tmp_path / "fresh", steps=1, eval_before=False)
+    in_process_trainer(load_config(None, fresh), site, resume=True)  # nothing there yet
+    assert f"--resume: no checkpoint in {tmp_path / 'fresh'}: starting fresh" in capsys.readouterr().err
+
+    overrides, run_dir = interrupted_run(toy, tmp_path)
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["reward"]["mix"]["digits"]["weight"] == 1.0 and saved["train"]["steps"] == 4
+    with pytest.raises(ConfigError) as error:
+        in_process_trainer(load_config(None, [*overrides, "reward.mix.digits=2.0", "train.lr=0.001"]), site,
+                           resume=True)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "reward.mix.digits.weight: 1.0 -> 2.0" in message and "train.lr: 0.003 -> 0.001" in message
+    assert "--force-resume" in message
+    capsys.readouterr()
+    # train.steps (and logging, saving and evaluation settings) may change on a resume
+    longer = in_process_trainer(load_config(None, [*overrides, "train.steps=6"]), site, resume=True)
+    assert f"resuming {run_dir} from step 4 of 6" in capsys.readouterr().err and longer.step == 4
+    forced = in_process_trainer(load_config(None, [*overrides, "reward.mix.digits=2.0"]), site, resume=True,
+                                force_resume=True)
+    assert "--force-resume: " in capsys.readouterr().err and forced.step == 4
+    assert json.loads((run_dir / "config.json").read_text())["reward"]["mix"]["digits"]["weight"] == 2.0
+
+
+@pytest.mark.timeout(240)
+def test_ctrl_c_saves_a_checkpoint_and_prints_one_line(toy, tmp_path):
+    import shlex
+
+    model_dir, data, site = toy
+    run_dir = tmp_path / "run"
+    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, steps=500, save_every=100,
+                                                      eval_before=False)]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(training_metrics(run_dir) if (run_dir / "metrics.jsonl").exists()
+                                         else []) < 3:
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err
+    step = int(last.split("interrupted at step ")[1].split(" ")[0])
+    assert last.startswith(f"interrupted at step {step} (checkpoint saved); resume with rlvf train ")
+    assert last.endswith(" --resume") and 3 <= step < 500
+    assert (run_dir / "checkpoints" / f"step-{step:06d}" / "manifest.json").is_file()
+
+    again = shlex.split(last.split("resume with ")[1])
+    resumed = subprocess.run([str(BIN / "rlvf"), *again[1:], f"train.steps={step + 2}"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming {run_dir} from step {step} of {step + 2}" in resumed.stderr
+    assert [m["step"] for m in training_metrics(run_dir)] == list(range(1, step + 3))
+
+
+@pytest.mark.timeout(120)
+def test_sample_completions_are_logged_with_their_rewards(toy, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model_dir, data, site = toy
+    config = load_config(None, toy_config(model_dir, data, tmp_path / "run", report_to=["jsonl", "tensorboard"],
+                                          steps=4, eval_before=False, save_every=0, log_completions_every=2))
+    in_process_trainer(config, site).run()
+    rows = [json.loads(line) for line in (tmp_path / "run" / "completions.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2] * 32 + [4] * 32  # prompts_per_step 4 x group_size 8
+    for row in rows:
+        text = row["completion"]
+        assert row["prompt"].startswith("say digits ") and row["prompt"].endswith(":")
+        assert row["rewards"]["digits"] == pytest.approx(sum(c.isdigit() for c in text) / max(len(text), 1))
+        assert row["reward"] == pytest.approx(row["rewards"]["digits"])  # the mix: digits with weight 1
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert "completions/text_summary" in events.Tags()["tensors"]
+    assert [e.step for e in events.Tensors("completions/text_summary")] == [2, 4]
+
+    off = load_config(None, toy_config(model_dir, data, tmp_path / "off", steps=2, eval_before=False, save_every=0,
+                                       log_completions_every=0))
+    in_process_trainer(off, site).run()
+    assert not (tmp_path / "off" / "completions.jsonl").exists()

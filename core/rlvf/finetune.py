@@ -22,16 +22,14 @@ from rlvf.config import Config, FinetuneConfig
 from rlvf.errors import ConfigError
 from rlvf.metrics import MetricsLogger
 from rlvf.modeling import encode_prompts
+from rlvf.rundir import check_run_dir
 from rlvf.text import completion_text
 
 
 def prepare_output_dir(template: str, key: str, **fields: str) -> Path:
-    """The run directory; one that already holds files is refused (nothing is overwritten)."""
-    directory = Path(template.format(**fields))
-    if directory.exists() and any(directory.iterdir()):
-        raise ConfigError(f"{directory} already holds a run: set {key} to a new directory (or remove it)")
-    directory.mkdir(parents=True, exist_ok=True)
-    return directory
+    """The run directory, checked before any model is loaded (rlvf.rundir.check_run_dir, as `rlvf train`
+    does): a file, an unwritable path or a directory that already holds files is refused in one line."""
+    return check_run_dir(Path(template.format(**fields)), key)
 
 
 def encode_completion(tokenizer, completion: Any) -> list[int]:

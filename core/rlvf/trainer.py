@@ -33,6 +33,13 @@ from rlvf.evaluate import CORRECT, evaluate, score_samples
 from rlvf.metrics import MetricsLogger, read_metrics
 from rlvf.modeling import encode_prompts, load_policy
 from rlvf.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
+from rlvf.rundir import (
+    check_resume_config,
+    check_run_dir,
+    checkpoint_problem,
+    write_manifest,
+    write_run_config,
+)
 from rlvf.sampling import SamplingParams, sampler_from_config
 from rlvf.tasks import Task, task_from_config
 
@@ -206,8 +213,47 @@ class _NoLogger:
     def log(self, step: int, metrics: dict[str, float]) -> None:
         pass
 
+    def log_completions(self, step: int, records: list[dict[str, Any]]) -> None:
+        pass
+
     def close(self) -> None:
         pass
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training after a step whose checkpoint was then saved: `rlvf train --resume` continues."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+class _StopRequest:
+    """While training: the first SIGINT (Ctrl-C) asks the loop to stop after the current step and save a
+    checkpoint; a second one interrupts at once (KeyboardInterrupt; the last saved checkpoint stays whole). Only
+    in one process on its main thread: under torchrun the ranks could not agree on the step to stop after."""
+
+    def __init__(self, enabled: bool, step: int):
+        import signal
+        import threading
+
+        self.requested = False
+        self.step = step
+        self._signal = signal
+        self._previous = None
+        if enabled and threading.current_thread() is threading.main_thread() \
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+        self._signal.signal(self._signal.SIGINT, self._previous)  # a second Ctrl-C: KeyboardInterrupt
+        print(f"\nCtrl-C: stopping after step {self.step + 1} and saving a checkpoint (Ctrl-C again to stop at once)",
+              file=sys.stderr, flush=True)
+
+    def restore(self) -> None:
+        if self._previous is not None and self._signal.getsignal(self._signal.SIGINT) == self._handle:
+            self._signal.signal(self._signal.SIGINT, self._previous)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -224,7 +270,7 @@ def _value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tens
 
 
 class Trainer:
-    def __init__(self, config: Config, registry, resume: bool = False):
+    def __init__(self, config: Config, registry, resume: bool = False, force_resume: bool = False):
         self.config = config
         self.dist = init_distributed(config.train.parallel)  # one process, or a rank of a torchrun launch
         self.task: Task = task_from_config(config.task, registry)
@@ -234,6 +280,7 @@ class Trainer:
         # the columns the rewards need, on the first rows of both splits, before a run directory or model exists
         check_task_columns(self.mix, self.task, "train")
         check_task_columns(self.mix, self.task, config.eval.split)
+        self._check_run_dir(resume, force_resume)  # before any model is loaded
         self.train_rows = self.task.rows("train")
         if not self.train_rows:
             raise ConfigError(f"task '{self.task.name}' has no training rows")
@@ -269,18 +316,34 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.last_checkpoint: int | None = None  # the step of the last checkpoint saved or resumed from
+        self._scored = None  # (rows, MixResult) of the last step, for train.log_completions_every
         if resume:
             self._load_checkpoint()
-        elif self.output_dir.exists() and any(self.output_dir.iterdir()):
-            raise ConfigError(f"{self.output_dir} already holds a run: resume it with --resume, or set "
-                              "train.output_dir to a new directory")
         self.dist.barrier()  # every rank looked at the output directory before rank 0 writes to it
+        if self.dist.is_main:
+            write_run_config(self.output_dir, config.model_dump(mode="json"))
         self.logger = MetricsLogger(self.output_dir, config.train.report_to, resume_step=self.step,
                                     config=config.model_dump()) if self.dist.is_main else _NoLogger()
         if self.step > 0:  # resumed: the sampler's engine (if it has its own) loaded the initial weights
             self.sampler.sync_weights(self.model)
 
     # --- configuration checks and schedules ---
+
+    def _check_run_dir(self, resume: bool, force_resume: bool) -> None:
+        """The run directory can hold this run (rlvf.rundir.check_run_dir); on --resume, it was started with
+        the same training-relevant config (or --force-resume)."""
+        if self.config.train.keep_checkpoints < 0:
+            raise ConfigError("train.keep_checkpoints must be 0 (keep all) or more")
+        if self.config.train.log_completions_every < 0:
+            raise ConfigError("train.log_completions_every must be 0 (off) or more")
+        check_run_dir(self.output_dir, "train.output_dir", resume=resume, command="--resume")  # on every rank
+        if resume:
+            differences = check_resume_config(self.output_dir, self.config.model_dump(mode="json"), force_resume)
+            if differences and self.dist.is_main:
+                print(f"--force-resume: {self.output_dir} continues with "
+                      + ", ".join(f"{name} = {json.dumps(new, default=str)} (was {json.dumps(old, default=str)})"
+                                  for name, old, new in differences), file=sys.stderr, flush=True)
 
     def _check_algorithm(self) -> None:
         a = self.config.algorithm
@@ -427,6 +490,7 @@ class Trainer:
 
     def score(self, rows, samples) -> tuple[torch.Tensor, dict[str, float]]:
         _, result = score_samples(self.mix, rows, samples)
+        self._scored = (rows, samples, result)  # this rank's, for train.log_completions_every
         scores = torch.tensor([0.0 if v is None else v for v in result.total])
         if self.dist.enabled:  # metrics of the whole step's batch
             result = _merge_results(self.dist.gather_objects(result))
@@ -635,17 +699,30 @@ class Trainer:
             if logged:
                 results["before"] = {k.removeprefix("eval/"): v for k, v in logged[0].items() if k != "step"}
         progress = _progress(t.steps, self.step, enabled=t.progress and self.dist.is_main)
-        while self.step < t.steps:
-            metrics = self.train_step()
-            self.step += 1
-            self.logger.log(self.step, metrics)
-            progress.update(1)
-            progress.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", acc=f"{metrics['accuracy']:.2f}")
-            if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps:
-                self.logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
-            if t.save_every and (self.step % t.save_every == 0 or self.step == t.steps):
-                self.save_checkpoint()
-        progress.close()
+        stop = _StopRequest(enabled=not self.dist.enabled, step=self.step)
+        try:
+            while self.step < t.steps and not stop.requested:
+                metrics = self.train_step()
+                self.step = stop.step = self.step + 1
+                self.logger.log(self.step, metrics)
+                if t.log_completions_every and self.step % t.log_completions_every == 0:
+                    self._log_completions()
+                progress.update(1)
+                progress.set_postfix(reward=f"{metrics.get('reward/mean', 0):.3f}", acc=f"{metrics['accuracy']:.2f}")
+                if t.eval_every and self.step % t.eval_every == 0 and self.step < t.steps and not stop.requested:
+                    self.logger.log(self.step, {f"eval/{k}": v for k, v in self.evaluate().items()})
+                if t.save_every and (self.step % t.save_every == 0 or self.step == t.steps):
+                    self.save_checkpoint()
+            if stop.requested:
+                if self.last_checkpoint != self.step:
+                    self.save_checkpoint()
+                raise TrainingInterrupted(self.step)
+        except BaseException:
+            self.logger.close()  # what was logged is on disk; a resume truncates it to its checkpoint
+            raise
+        finally:
+            stop.restore()
+            progress.close()
         results["after"] = self.evaluate()
         self.logger.log(self.step, {f"eval/{k}": v for k, v in results["after"].items()})
         final = self.output_dir / "final"
@@ -656,6 +733,16 @@ class Trainer:
             results_file.write_text(json.dumps(results, indent=2))
         self.dist.barrier()
         return results
+
+    def _log_completions(self) -> None:
+        """The step's completions (this rank's) with each reward's score and the mix, to completions.jsonl."""
+        if self._scored is None:
+            return
+        rows, samples, result = self._scored
+        self.logger.log_completions(self.step, [
+            {"prompt": rows[samples.prompt_index(i)]["prompt"], "completion": text,
+             "rewards": {name: values[i] for name, values in result.per_reward.items()}, "reward": result.total[i]}
+            for i, text in enumerate(samples.texts)])
 
     def evaluate(self) -> dict[str, float]:
         # The HF sampler runs on the trainer's model with eval.batch_size; a vLLM engine is reused (its weights
@@ -685,7 +772,10 @@ class Trainer:
         self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self) -> Path:
-        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it."""
+        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it.
+
+        Written into a staging directory, read back and closed by its manifest (rlvf.rundir.write_manifest),
+        then renamed into place: a kill or Ctrl-C at any moment leaves the previous checkpoints as they were."""
         checkpoints = self.output_dir / "checkpoints"
         target = checkpoints / f"step-{self.step:06d}"
         staging = checkpoints / f".writing-{self.step:06d}"
@@ -693,7 +783,8 @@ class Trainer:
                                                           prefix="policy.")
                            if self.dist.fsdp else self.optimizer.state_dict())
         if self.dist.is_main:
-            shutil.rmtree(staging, ignore_errors=True)
+            for leftover in checkpoints.glob(".writing-*"):  # of a run killed while writing
+                shutil.rmtree(leftover, ignore_errors=True)
             staging.mkdir(parents=True)
         self._save_policy(staging)
         if not self.dist.is_main:
@@ -708,27 +799,78 @@ class Trainer:
             **({} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
                                                "critic_scheduler": self.critic_scheduler.state_dict()}),
         }, staging / "trainer_state.pt")
+        required = ["trainer_state.pt", "config.json"]
         if self.critic is not None:  # its own folder: the top level holds the policy's weights only
             from safetensors.torch import save_model
 
             (staging / "critic").mkdir()
             save_model(self.critic, str(staging / "critic" / "critic.safetensors"))
+            required.append("critic/critic.safetensors")
+        if not list(staging.glob("*.safetensors")):
+            raise OSError(f"{staging}: the policy's weights were not written")
+        write_manifest(staging, self.step, required)
+        # Checkpoints after this step are left from an earlier attempt (the run resumed before them, so they
+        # were damaged): this run rewrites them.
+        for stale in checkpoints.glob("step-*"):
+            if int(stale.name.split("-")[1]) >= self.step:
+                shutil.rmtree(stale)
         staging.rename(target)  # a checkpoint exists whole or not at all, even if the run is killed here
-        for old in sorted(checkpoints.glob("step-*"))[: -self.config.train.keep_checkpoints]:
-            shutil.rmtree(old)
+        self.last_checkpoint = self.step
+        keep = self.config.train.keep_checkpoints
+        if keep:  # 0: keep all
+            for old in sorted(checkpoints.glob("step-*"))[:-keep]:
+                shutil.rmtree(old)
         self.dist.barrier()
         return target
 
-    def _load_checkpoint(self) -> None:
-        checkpoints = sorted((self.output_dir / "checkpoints").glob("step-*"))
-        if not checkpoints:
-            return  # nothing saved yet: start from the beginning
-        latest = checkpoints[-1]
+    def _read_checkpoint(self, directory: Path) -> tuple[dict, dict, dict | None]:
+        """(policy weights, trainer state, critic weights or None) of a checkpoint; a DamagedCheckpoint names
+        the file that fails its manifest or cannot be read."""
         from safetensors.torch import load_file
 
-        weights = {}
-        for shard in sorted(latest.glob("*.safetensors")):
-            weights |= load_file(shard)
+        problem = checkpoint_problem(directory)
+        if problem:
+            raise DamagedCheckpoint(problem)
+        weights: dict = {}
+        name = "trainer_state.pt"
+        try:
+            shards = sorted(directory.glob("*.safetensors"))
+            if not shards:
+                raise DamagedCheckpoint("no *.safetensors weights")
+            for shard in shards:
+                name = shard.name
+                weights |= load_file(shard)
+            name = "trainer_state.pt"
+            state = torch.load(directory / name, weights_only=False)
+            critic = None
+            if (directory / "critic" / "critic.safetensors").is_file():
+                name = "critic/critic.safetensors"
+                critic = load_file(directory / name)
+        except DamagedCheckpoint:
+            raise
+        except Exception as exc:  # whatever a broken file raises, it is named in one line
+            reason = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable, {type(exc).__name__}"
+            raise DamagedCheckpoint(f"{name}: {reason}") from None
+        return weights, state, critic
+
+    def _load_checkpoint(self) -> None:
+        """Resume from the newest checkpoint that is whole; damaged ones are named and skipped."""
+        say = self.dist.is_main
+        checkpoints = sorted((self.output_dir / "checkpoints").glob("step-*"), reverse=True)
+        if not checkpoints:  # nothing saved yet: start from the beginning
+            if say:
+                print(f"--resume: no checkpoint in {self.output_dir}: starting fresh", file=sys.stderr, flush=True)
+            return
+        damaged: list[str] = []
+        for latest in checkpoints:
+            try:
+                weights, state, critic_weights = self._read_checkpoint(latest)
+                break
+            except DamagedCheckpoint as exc:
+                damaged.append(f"{latest.name} ({exc})")
+        else:
+            raise ConfigError(f"no checkpoint in {self.output_dir / 'checkpoints'} is usable: {'; '.join(damaged)}: "
+                              "remove the directory to start over, or set train.output_dir to a new one")
         if self.dist.fsdp:  # every rank reads the full weights and keeps its shards
             own = set(self._parameter_names())
             if [k for k in own if k not in weights and "lm_head" not in k]:
@@ -740,7 +882,6 @@ class Trainer:
             if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
                 raise ConfigError(f"checkpoint {latest} does not fit the model: missing {missing}, "
                                   f"unexpected {unexpected}")
-        state = torch.load(latest / "trainer_state.pt", weights_only=False)
         if self.dist.fsdp:
             self.dist.load_full_optimizer_state(self.policy_forward, self.optimizer, state["optimizer"],
                                                 self._parameter_names(), prefix="policy.")
@@ -748,17 +889,29 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
-            from safetensors.torch import load_model
-
-            if not (latest / "critic" / "critic.safetensors").is_file() or "critic_optimizer" not in state:
+            if critic_weights is None or "critic_optimizer" not in state:
                 raise ConfigError(f"checkpoint {latest} has no critic, but '{self.config.algorithm.advantage}' "
                                   "needs one: it was written by a run of another algorithm")
+            from safetensors.torch import load_model
+
+            del critic_weights  # read to check it; load_model restores weights shared within the critic
             load_model(self.critic, str(latest / "critic" / "critic.safetensors"))
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
         random.setstate(state["rng"]["python"])
         torch.set_rng_state(state["rng"]["torch"])
-        self.step = state["step"]
+        self.step = self.last_checkpoint = state["step"]
+        if say:
+            if damaged:
+                print(f"checkpoint {damaged[0].replace(' (', ' is damaged (', 1)}; resuming from {latest.name}"
+                      if len(damaged) == 1 else f"checkpoints {', '.join(damaged)} are damaged; resuming from "
+                      f"{latest.name}", file=sys.stderr, flush=True)
+            print(f"resuming {self.output_dir} from step {self.step} of {self.config.train.steps}", file=sys.stderr,
+                  flush=True)
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint file fails its manifest or cannot be read; the message names it and why."""
 
 
 def _progress(total: int, initial: int, enabled: bool):
