@@ -428,3 +428,37 @@ def test_sample_completions_are_logged_with_their_rewards(toy, tmp_path):
                                        log_completions_every=0))
     in_process_trainer(off, site).run()
     assert not (tmp_path / "off" / "completions.jsonl").exists()
+
+
+@pytest.mark.timeout(240)
+def test_a_second_ctrl_c_stops_at_once_and_leaves_every_checkpoint_whole(toy, tmp_path):
+    import re
+
+    from rlvf.rundir import checkpoint_problem
+
+    model_dir, data, site = toy
+    run_dir = tmp_path / "run"
+    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, steps=500, save_every=1,
+                                                      keep_checkpoints=0, eval_before=False)]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(checkpoints.glob("step-000003")):
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    time.sleep(0.01)
+    process.send_signal(signal.SIGINT)  # e.g. while a checkpoint is being written
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(r"interrupted at step \d+ \((checkpoint saved|last checkpoint: step \d+)\); resume with "
+                        r"rlvf train .* --resume", last), last
+    saved = sorted(checkpoints.glob("step-*"))
+    assert len(saved) >= 3 and all(checkpoint_problem(p) is None for p in saved)
+    resumed = subprocess.run([*args, "--resume", f"train.steps={len(saved) + 1}"], env=env, capture_output=True,
+                             text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"from step {int(saved[-1].name.split('-')[1])} of {len(saved) + 1}" in resumed.stderr
