@@ -109,17 +109,11 @@ def open_text(path: Path, mode: str = "r"):
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for each non-blank line; a malformed row is an error naming its line."""
+    from rlvf.tasks import jsonl_rows
+
     rows = []
     with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(row, dict):
-                raise ConfigError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        for number, row in jsonl_rows(path, handle):
             missing = [key for key in required if key not in row]
             if missing:
                 raise ConfigError(f"{path}:{number}: row has no {', '.join(map(repr, missing))} field "

@@ -12,7 +12,7 @@ import copy
 import json
 import random
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -240,8 +240,14 @@ def check_data_file(path: Path) -> None:
             return
         if isinstance(whole, dict):
             return  # one object: a row, or rows under a `field`
-    rows = 0
-    for number, line in enumerate(text.splitlines(), start=1):
+    if sum(1 for _ in jsonl_rows(path, text.splitlines())) == 0:  # every line is checked
+        raise ConfigError(f"{path}: the file is empty; it needs at least one row")
+
+
+def jsonl_rows(path: Path | str, lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) of each non-blank line of a JSON-lines file; a line that is not a JSON object is an
+    error naming `file:line`."""
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
@@ -250,9 +256,7 @@ def check_data_file(path: Path) -> None:
             raise ConfigError(f"{path}:{number}: not valid JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(row, dict):
             raise ConfigError(f"{path}:{number}: expected a JSON object (a row), got {type(row).__name__}")
-        rows += 1
-    if not rows:
-        raise ConfigError(f"{path}: the file is empty; it needs at least one row")
+        yield number, row
 
 
 def split_held_out(rows: list[dict[str, Any]], split: str, eval_fraction: float, seed: int) -> list[dict[str, Any]]:
