@@ -315,7 +315,8 @@ def test_run_directory_problems_are_found_before_the_model_loads(toy, tmp_path):
     finished = tmp_path / "finished"
     finished.mkdir()
     (finished / "results.json").write_text("{}")
-    with pytest.raises(ConfigError, match=rf"{finished} already holds a finished run: set train.output_dir"):
+    with pytest.raises(ConfigError, match=rf"{finished} already holds a run: set train.output_dir to a new "
+                                          r"directory \(or remove it; that run finished, see results.json\)"):
         trainer(finished)
 
 
@@ -334,8 +335,8 @@ def test_supervised_stages_check_their_output_dir_before_loading(tmp_path, comma
             "dpo": [f"preference.dataset={json.dumps(str(pairs))}"]}[section]
     key = f"{section}.output_dir"
     for output_dir, expected in ((a_file, f"{key} = {a_file} is a file, not a directory: set {key} to another path"),
-                                 (tmp_path, f"{tmp_path} already holds a run: set {key} to another path (or remove "
-                                            "it)")):
+                                 (tmp_path, f"{tmp_path} already holds a run: set {key} to a new directory (or "
+                                            "remove it)")):
         result = run_rlvf(command, f"model.name={json.dumps(str(tmp_path / 'no-such-model'))}", *data,
                           f"{key}={json.dumps(str(output_dir))}", check=False)
         assert result.returncode == 2, result.stderr

@@ -49,8 +49,10 @@ def check_run_dir(directory: Path, key: str, *, resume: bool = False, command: s
                 raise ConfigError(f"{key} = {directory}: {parent} is a file, not a directory: {fix}")
             break
     if directory.is_dir() and not resume and any(not p.name.startswith(PROBE) for p in directory.iterdir()):
+        fix = f"set {key} to a new directory"
         if (directory / RESULTS_FILE).is_file():
-            raise ConfigError(f"{directory} already holds a finished run: {fix} (or remove it)")
+            raise ConfigError(f"{directory} already holds a run: {fix} (or remove it; that run finished, see "
+                              f"{RESULTS_FILE})")
         if command:
             raise ConfigError(f"{directory} already holds a run: resume it with {command}, or {fix}")
         raise ConfigError(f"{directory} already holds a run: {fix} (or remove it)")
