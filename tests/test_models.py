@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from rlvf.errors import ConfigError
 from rlvf.models import EMBEDDED_MODELS, _gguf_path, resolve_model
 
 
@@ -34,9 +35,15 @@ def test_embedded_model_converts_once_and_matches_the_gguf(tmp_path):
     assert torch.equal(ours, theirs)
 
 
-def test_other_names_pass_through_unchanged():
-    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
-    assert resolve_model("/some/local/dir") == "/some/local/dir"
+def test_local_directories_pass_through_and_missing_models_fail_at_once(tiny_model_dir, tmp_path):
+    assert resolve_model(str(tiny_model_dir)) == str(tiny_model_dir)
+    with pytest.raises(ConfigError, match="'/some/local/dir': no such directory"):
+        resolve_model("/some/local/dir")
+    # offline (as the tests run), a hub id answers only from the local cache
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"):
+        resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct")
+    with pytest.raises(ConfigError, match=r"a directory without config\.json"):
+        resolve_model(str(tmp_path))
 
 
 @pytest.mark.slow

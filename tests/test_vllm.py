@@ -210,11 +210,14 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
     import rlvf.trainer
     from rlvf import hookimpl
     from rlvf.plugins import PluginInfo, load_registry
+    from rlvf.text import completion_text
 
     class EvenLength:  # a reward that differs between completions of a random model: advantages are not all 0
         @hookimpl
         def register_rewards(self, register):
-            register(lambda prompts, completions, **_: [float(len(c) % 2) for c in completions], name="even")
+            # chat prompts give TRL's chat completions ([{"role": "assistant", "content": ...}]): read their text
+            register(lambda prompts, completions, **_: [float(len(completion_text(c)) % 2) for c in completions],
+                     name="even")
 
     def registry():
         loaded = load_registry()
