@@ -63,14 +63,25 @@ def test_dry_run_prints_the_resolved_config_and_what_would_run(tmp_path):
 
 
 def test_a_missing_model_is_one_line_and_fast_offline(tmp_path):
+    from rlvf.errors import ConfigError
+    from rlvf.models import resolve_model
+
+    started = time.monotonic()
+    result = run_rlvf("eval", "model.name=someone/not-cached-model", "eval.limit=1", check=False)
+    assert time.monotonic() - started < 20  # it used to retry the hub for ~28 s
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        "rlvf eval: error: model.name = 'someone/not-cached-model': there is no directory 'someone/not-cached-model' "
+        "here and the hub model is not in the local Hugging Face cache, and HF_HUB_OFFLINE is set; give a local model "
+        "directory, an embedded model (smollm2-135m) or a hub id org/name"]
     for name, expected in ((str(tmp_path / "no-such-dir"), "no such directory"),
-                           ("someone/not-cached-model", "not in the local Hugging Face cache, and HF_HUB_OFFLINE"),
-                           (str(tmp_path), "a directory without config.json")):
-        started = time.monotonic()
-        result = run_rlvf("eval", f"model.name={json.dumps(name)}", "eval.limit=1", check=False)
-        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
-        assert f"model.name = '{name}'" in result.stderr and expected in result.stderr
-        assert time.monotonic() - started < 20  # it used to retry the hub for ~28 s
+                           (str(tmp_path), "a directory without config.json"),
+                           ("runs/demo/final", "no such directory")):
+        try:
+            resolve_model(name)
+        except ConfigError as exc:
+            assert f"model.name = '{name}'" in str(exc) and expected in str(exc) and "\n" not in str(exc)
+        else:
+            raise AssertionError(f"{name} resolved")
 
 
 def test_reward_by_reference_without_a_plugin(tmp_path):
