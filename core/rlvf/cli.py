@@ -314,55 +314,51 @@ def _print_before_after(results: dict[str, Any], files: list[str]) -> None:
     print("\n".join(files))
 
 
-def cmd_sft(args) -> None:
+def _run_stage(args, run, summary, saved_as: str) -> None:
+    """A training stage's command: load its config, run it, print its summary lines and before/after table."""
     from rlvf.config import load_config
-    from rlvf.sft import run_sft
 
     _require_a_config(args)
-    config = load_config(args.config, args.overrides)
-    results = run_sft(config, _registry())
-    print(f"{results['train_examples']} demonstrations, {results['steps']} optimiser steps; held-out: completion "
-          f"loss per token on {results['eval_examples']} demonstrations")
-    _print_before_after(results, [f"final model: {results['final_model']}"])
+    results = run(load_config(args.config, args.overrides), _registry())
+    print("\n".join(summary(results)))
+    _print_before_after(results, [f"{saved_as}: {results['final_model']}"])
+
+
+def cmd_sft(args) -> None:
+    from rlvf.sft import run_sft
+
+    _run_stage(args, run_sft, lambda r: [
+        f"{r['train_examples']} demonstrations, {r['steps']} optimiser steps; held-out: completion loss per token "
+        f"on {r['eval_examples']} demonstrations"], "final model")
 
 
 def cmd_train_rm(args) -> None:
-    from rlvf.config import load_config
     from rlvf.reward_model import run_train_rm
 
-    _require_a_config(args)
-    config = load_config(args.config, args.overrides)
-    results = run_train_rm(config, _registry())
-    print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
-          f"{results['eval_pairs']} pairs (accuracy: the chosen completion scores higher)")
-    _print_before_after(results, [f"reward model: {results['final_model']}"])
+    _run_stage(args, run_train_rm, lambda r: [
+        f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
+        "(accuracy: the chosen completion scores higher)"], "reward model")
 
 
 def cmd_dpo(args) -> None:
-    from rlvf.config import load_config
     from rlvf.dpo import run_dpo
 
-    _require_a_config(args)
-    config = load_config(args.config, args.overrides)
-    results = run_dpo(config, _registry())
-    print(f"{results['train_pairs']} training pairs, {results['steps']} optimiser steps; held-out: "
-          f"{results['eval_pairs']} pairs (rewards/*: implicit rewards beta * log pi/pi_ref)")
-    _print_before_after(results, [f"final model: {results['final_model']}"])
+    _run_stage(args, run_dpo, lambda r: [
+        f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
+        "(rewards/*: implicit rewards beta * log pi/pi_ref)"], "final model")
 
 
 def cmd_train_judge(args) -> None:
-    from rlvf.config import load_config
     from rlvf.judge import run_train_judge
 
-    _require_a_config(args)
-    config = load_config(args.config, args.overrides)
-    results = run_train_judge(config, _registry())
-    for key, value in (results.get("generated") or {}).items():
-        print(f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}")
-    print(f"{results['train_rows']} training rows ({results['train_positive']} labelled 1), {results['steps']} "
-          f"optimiser steps; held-out: {results['eval_rows']} rows ({results['eval_positive']} labelled 1; auc: "
-          "p(yes) ranks a label-1 row above a label-0 row)")
-    _print_before_after(results, [f"judge: {results['final_model']}"])
+    def summary(r: dict[str, Any]) -> list[str]:
+        generated = [f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}"
+                     for key, value in (r.get("generated") or {}).items()]
+        return [*generated, f"{r['train_rows']} training rows ({r['train_positive']} labelled 1), {r['steps']} "
+                f"optimiser steps; held-out: {r['eval_rows']} rows ({r['eval_positive']} labelled 1; auc: p(yes) "
+                "ranks a label-1 row above a label-0 row)"]
+
+    _run_stage(args, run_train_judge, summary, "judge")
 
 
 def cmd_pairs(args) -> None:
