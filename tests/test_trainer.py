@@ -126,14 +126,18 @@ def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path, algorithm):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["step"], key)
 
 
+def start_toy_run(toy, run_dir, stdout, text: bool = True, **options):
+    """`rlvf train` on the toy task in a subprocess, as a user starts it: (process, its argv, its env)."""
+    model_dir, data, site = toy
+    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, eval_before=False, **options)]
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    return subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=text), args, env
+
+
 @pytest.mark.timeout(300)
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(toy, tmp_path):
-    model_dir, data, site = toy
     run_dir = tmp_path / "run"
-    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, steps=40, save_every=2,
-                                                      eval_before=False)]
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process, args, env = start_toy_run(toy, run_dir, steps=40, save_every=2, stdout=subprocess.DEVNULL, text=False)
     checkpoints = run_dir / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(checkpoints.glob("step-00000[4-9]")):
@@ -377,12 +381,8 @@ def test_resume_says_what_it_does_and_refuses_another_config(toy, tmp_path, caps
 def test_ctrl_c_saves_a_checkpoint_and_prints_one_line(toy, tmp_path):
     import shlex
 
-    model_dir, data, site = toy
     run_dir = tmp_path / "run"
-    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, steps=500, save_every=100,
-                                                      eval_before=False)]
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process, _, env = start_toy_run(toy, run_dir, steps=500, save_every=100, stdout=subprocess.PIPE)
     deadline = time.time() + 120
     while time.time() < deadline and len(training_metrics(run_dir) if (run_dir / "metrics.jsonl").exists()
                                          else []) < 3:
@@ -437,12 +437,9 @@ def test_a_second_ctrl_c_stops_at_once_and_leaves_every_checkpoint_whole(toy, tm
 
     from rlvf.rundir import checkpoint_problem
 
-    model_dir, data, site = toy
     run_dir = tmp_path / "run"
-    args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, steps=500, save_every=1,
-                                                      keep_checkpoints=0, eval_before=False)]
-    env = {**os.environ, "PYTHONPATH": str(site)}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process, args, env = start_toy_run(toy, run_dir, steps=500, save_every=1, keep_checkpoints=0,
+                                       stdout=subprocess.DEVNULL)
     checkpoints = run_dir / "checkpoints"
     deadline = time.time() + 120
     while time.time() < deadline and not any(checkpoints.glob("step-000003")):

@@ -182,6 +182,15 @@ class ValueForward(torch.nn.Module):
         return completion_values(self.critic.backbone, self.critic, rollout)
 
 
+def _summed(counts) -> dict[str, int]:
+    """Per-name counts added up, names with 0 kept."""
+    total: dict[str, int] = {}
+    for count in counts:
+        for name, value in count.items():
+            total[name] = total.get(name, 0) + value
+    return total
+
+
 def _merge_results(results: list[MixResult]) -> MixResult:
     """The reward results of every rank as one batch's (rank order); a reward's own metrics are averaged."""
     metrics: dict[str, dict[str, float]] = {}
@@ -189,14 +198,7 @@ def _merge_results(results: list[MixResult]) -> MixResult:
         for name, values in result.reward_metrics.items():
             for key, value in values.items():
                 metrics.setdefault(name, {})[key] = metrics.get(name, {}).get(key, 0.0) + value / len(results)
-    failures: dict[str, int] = {}
-    for result in results:
-        for name, count in result.failures.items():
-            failures[name] = failures.get(name, 0) + count
-    retries: dict[str, int] = {}
-    for result in results:
-        for name, count in result.retries.items():
-            retries[name] = retries.get(name, 0) + count
+    failures, retries = _summed(r.failures for r in results), _summed(r.retries for r in results)
     per_reward = {name: [v for r in results for v in r.per_reward[name]] for name in results[0].per_reward}
     return MixResult(total=[v for r in results for v in r.total], per_reward=per_reward, failures=failures,
                      reward_metrics=metrics, retries=retries)

