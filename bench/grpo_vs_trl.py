@@ -29,7 +29,7 @@ REWARDS = {"math": 1.0, "boxed": 0.1}
 
 
 def workload(args) -> tuple[list[dict], str]:
-    from rlvf.models import resolve_model
+    from rlvf.models.names import resolve_model
     from rlvf.plugins import get_registry
 
     task = get_registry().task("arithmetic")
@@ -40,7 +40,7 @@ def workload(args) -> tuple[list[dict], str]:
 def run_rlvf(args) -> dict:
     from rlvf.config import load_config
     from rlvf.plugins import get_registry
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     overrides = {
         "sampling.sampler": "vllm" if args.run == "rlvf-vllm" else "hf",
@@ -141,7 +141,7 @@ def main() -> None:
     import shutil
 
     from rlvf.sampling import vllm_missing
-    from rlvf.table import format_table
+    from rlvf.tools.table import format_table
 
     shutil.rmtree(args.output_dir, ignore_errors=True)
     runs = [run for run in args.runs.split(",") if run]

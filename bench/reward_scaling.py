@@ -23,8 +23,8 @@ import os
 import time
 import uuid
 
-from rlvf.rewards import MixEntry, RewardMix
-from rlvf.table import format_table
+from rlvf.api.rewards import MixEntry, RewardMix
+from rlvf.tools.table import format_table
 from rlvf_code import CodeReward
 
 
@@ -70,7 +70,7 @@ def main() -> None:
         os.environ.setdefault("RAY_AUTH_TOKEN", uuid.uuid4().hex)
     import ray  # after the environment: Ray reads its authentication mode when imported
 
-    from rlvf.executors import RayReward
+    from rlvf.engine.executors import RayReward
 
     problems = load_problems()
     if options.address:

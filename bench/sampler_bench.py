@@ -29,7 +29,7 @@ RUNS = ("sample-hf", "sample-vllm", "grpo-hf", "grpo-vllm")
 
 def run_sampling(args, kind: str) -> dict:
     from rlvf.config import ModelConfig
-    from rlvf.modeling import encode_prompts, load_policy
+    from rlvf.models.loading import encode_prompts, load_policy
     from rlvf.plugins import get_registry
     from rlvf.sampling import SamplingParams, make_sampler
 
@@ -101,7 +101,7 @@ def main() -> None:
     import shutil
 
     from rlvf.sampling import vllm_missing
-    from rlvf.table import format_table
+    from rlvf.tools.table import format_table
 
     if vllm_missing():
         sys.exit(f"nothing to compare: {vllm_missing()}")

@@ -25,7 +25,7 @@ from rlvf import hookimpl
 from rlvf.config import load_config
 from rlvf.plugins import PluginInfo, load_registry
 from rlvf.sampling import Samples
-from rlvf.trainer import Trainer
+from rlvf.stages.rl import Trainer
 
 
 def digits(prompts, completions, **columns):

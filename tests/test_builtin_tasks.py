@@ -6,11 +6,11 @@ import json
 
 import pytest
 
+from rlvf.api.rewards import MixEntry, RewardMix
+from rlvf.api.tasks import task_from_config
 from rlvf.config import TaskConfig
 from rlvf.errors import ConfigError
 from rlvf.plugins import get_registry
-from rlvf.rewards import MixEntry, RewardMix
-from rlvf.tasks import task_from_config
 
 
 def task(name, **options):

@@ -64,7 +64,7 @@ def test_dry_run_prints_the_resolved_config_and_what_would_run(tmp_path):
 
 def test_a_missing_model_is_one_line_and_fast_offline(tmp_path):
     from rlvf.errors import ConfigError
-    from rlvf.models import resolve_model
+    from rlvf.models.names import resolve_model
 
     started = time.monotonic()
     result = run_rlvf("eval", "model.name=someone/not-cached-model", "eval.limit=1", check=False)

@@ -11,8 +11,8 @@ import shutil
 
 import pytest
 
+from rlvf.api.text import completion_text
 from rlvf.errors import RewardError
-from rlvf.text import completion_text
 from rlvf_code import CodeReward, extract_code
 from rlvf_code.testcases import normalise_output, with_prompt
 
@@ -23,7 +23,7 @@ class OnRay:
     """The `code` reward built in a Ray actor (reward.executor = "ray"), called like the local one."""
 
     def __init__(self, **options):
-        from rlvf.executors import RayReward
+        from rlvf.engine.executors import RayReward
 
         self.remote = RayReward(functools.partial(CodeReward, **options), name="code", num_cpus=0)
 

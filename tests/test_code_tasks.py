@@ -3,9 +3,9 @@ solutions pass and wrong ones fail through the real `code` reward (in the sandbo
 
 from __future__ import annotations
 
+from rlvf.api.tasks import task_from_config
 from rlvf.config import TaskConfig
 from rlvf.plugins import get_registry
-from rlvf.tasks import task_from_config
 from rlvf_tasks.code_tasks import FAMILIES
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlvf.config import CriticConfig
-from rlvf.critic import build_critic
 from rlvf.errors import ConfigError
-from rlvf.trainer import Rollout, completion_forward, completion_values
+from rlvf.models.critic import build_critic
+from rlvf.stages.rl import Rollout, completion_forward, completion_values
 
 
 @pytest.fixture(scope="module")

@@ -134,12 +134,12 @@ def test_a_checkpoint_of_two_fsdp_ranks_resumes_in_one_process(single, char_mode
 
 def test_prompts_must_divide_between_the_ranks(monkeypatch, char_model_dir, data, tmp_path):
     from rlvf.config import load_config
-    from rlvf.distributed import Distributed
+    from rlvf.engine.distributed import Distributed
     from rlvf.errors import ConfigError
     from rlvf.plugins import load_registry
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
-    monkeypatch.setattr("rlvf.trainer.init_distributed", lambda parallel: Distributed(parallel, rank=0, world_size=2))
+    monkeypatch.setattr("rlvf.stages.rl.init_distributed", lambda parallel: Distributed(parallel, rank=0, world_size=2))
     # the `digits` reward lives in distributed_run.py: an installed reward instead
     config = load_config(None, [a for a in overrides(char_model_dir, data, tmp_path / "run", "grpo_batch",
                                                      prompts_per_step=3) if "digits" not in a]
@@ -147,7 +147,7 @@ def test_prompts_must_divide_between_the_ranks(monkeypatch, char_model_dir, data
     with pytest.raises(ConfigError, match="prompts_per_step = 3 must be divisible by the 2 ranks"):
         Trainer(config, load_registry())
     monkeypatch.setenv("WORLD_SIZE", "2")
-    from rlvf.distributed import init_distributed
+    from rlvf.engine.distributed import init_distributed
 
     with pytest.raises(ConfigError, match=r"train\.parallel = 'none'"):
         init_distributed("none")
@@ -160,7 +160,7 @@ def test_vllm_tensor_parallel_size_reaches_the_engine(monkeypatch, tiny_model_di
     import vllm
 
     from rlvf.config import SamplingConfig
-    from rlvf.modeling import load_tokenizer
+    from rlvf.models.loading import load_tokenizer
     from rlvf.sampling import sampler_from_config
 
     asked = {}

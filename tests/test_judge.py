@@ -1,4 +1,4 @@
-"""LLM-as-judge: p(yes) from next-token logits (rlvf.judge), the `judge` reward of rlvf-judge with its local and
+"""LLM-as-judge: p(yes) from next-token logits (rlvf.stages.judge), the `judge` reward of rlvf-judge with its local and
 server backends, rubric ratings, and `rlvf train-judge`.
 
 The server backend is tested against real HTTP servers on 127.0.0.1: `python -m rlvf_judge.server` serving the
@@ -24,9 +24,10 @@ import pytest
 import torch
 
 from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
+from rlvf.api.rewards import MixEntry, RewardMix
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
-from rlvf.judge import (
+from rlvf.stages.judge import (
     DEFAULT_TEMPLATE,
     answer_token_ids,
     fill_judge_template,
@@ -36,7 +37,6 @@ from rlvf.judge import (
     yes_no_ids,
     yes_no_scores,
 )
-from rlvf.rewards import MixEntry, RewardMix
 from rlvf_judge.reward import JudgeReward
 from rlvf_judge.rubric import check_rubric, combine, parse_ratings, rubric_score
 
@@ -183,7 +183,7 @@ def test_local_rubric_with_a_model_that_cannot_follow_it_scores_none_and_counts(
 @pytest.fixture(scope="module")
 def judge_server():
     """`python -m rlvf_judge.server` serving the embedded model on a free port (top log-probs up to 200)."""
-    from rlvf.models import resolve_model
+    from rlvf.models.names import resolve_model
 
     path = resolve_model("smollm2-135m")
     process = subprocess.Popen([sys.executable, "-m", "rlvf_judge.server", "--model", path, "--port", "0",
@@ -420,7 +420,7 @@ def test_train_judge_on_rows_generated_from_a_verifiable_task_raises_held_out_au
         tmp_path, site, tiny_model_dir, char_model_dir):
     """The policy (a tiny character model) is sampled on a task whose verifier says whether a completion holds a
     digit; a tiny random judge learns from the verified rows to say yes to those that do."""
-    from rlvf.preference import split_by_prompt
+    from rlvf.stages.pairs import split_by_prompt
 
     directory, env = site
     write_distribution(directory, "toy-digit", "toy_digit", HAS_DIGIT_PLUGIN, {"toy": "toy_digit"})

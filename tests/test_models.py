@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from rlvf.errors import ConfigError
-from rlvf.models import EMBEDDED_MODELS, _gguf_path, resolve_model
+from rlvf.models.names import EMBEDDED_MODELS, _gguf_path, resolve_model
 
 
 @pytest.mark.slow

@@ -77,7 +77,7 @@ def test_a_task_name_clash_with_a_builtin_is_reported(site):
     directory, env = site
     source = """
     from rlvf import hookimpl
-    from rlvf.tasks import Task
+    from rlvf.api.tasks import Task
 
     class Clash(Task):
         name = "arithmetic"
@@ -135,7 +135,7 @@ def test_registering_a_non_task_is_an_error(site):
     """
     write_distribution(directory, "rlvf-badtask", "rlvf_badtask", source, {"badtask": "rlvf_badtask"})
     result = run_rlvf("tasks", env=env, check=False)
-    assert result.returncode == 2 and "rlvf-badtask" in result.stderr and "expected an rlvf.tasks.Task" in result.stderr
+    assert result.returncode == 2 and "rlvf-badtask" in result.stderr and "expected an rlvf.api.tasks.Task" in result.stderr
 
 
 @pytest.mark.timeout(600)

@@ -10,10 +10,10 @@ import shutil
 
 import pytest
 
+from rlvf.api.rewards import mix_from_config
 from rlvf.config import RewardConfig
 from rlvf.errors import RewardError
 from rlvf.plugins import get_registry
-from rlvf.rewards import mix_from_config
 
 pytestmark = pytest.mark.ray
 
@@ -73,7 +73,7 @@ def test_training_with_rewards_on_ray_logs_what_local_rewards_give(ray_cluster, 
     import json
 
     from rlvf.config import load_config
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     data = tmp_path / "prompts.jsonl"
     data.write_text("".join(json.dumps({"question": f"q{i}"}) + "\n" for i in range(8)))

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
+from rlvf.api.rewards import MixEntry, RewardMix, RewardSpec, mix_from_config
 from rlvf.config import RewardConfig
 from rlvf.errors import RewardError
 from rlvf.plugins import get_registry
-from rlvf.rewards import MixEntry, RewardMix, RewardSpec, mix_from_config
 
 
 @pytest.fixture(autouse=True, params=["local", pytest.param("ray", marks=pytest.mark.ray)])
@@ -22,7 +22,7 @@ def executor(request, monkeypatch):
         yield "local"
         return
     request.getfixturevalue("ray_cluster")
-    from rlvf.executors import RayReward
+    from rlvf.engine.executors import RayReward
 
     created: list[RayReward] = []
     build_mix = RewardMix.__init__

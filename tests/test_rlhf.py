@@ -16,13 +16,13 @@ import pytest
 import torch
 
 from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
+from rlvf.api.rewards import MixEntry, RewardMix
+from rlvf.api.tasks import DatasetTask
 from rlvf.config import ModelConfig, PairsConfig, PreferenceConfig, load_config
 from rlvf.errors import ConfigError, RewardError
-from rlvf.modeling import load_policy
+from rlvf.models.loading import load_policy
 from rlvf.plugins import load_registry
-from rlvf.preference import generate_pairs, load_pairs, normalize_pair, prompt_key
-from rlvf.rewards import MixEntry, RewardMix
-from rlvf.tasks import DatasetTask
+from rlvf.stages.pairs import generate_pairs, load_pairs, normalize_pair, prompt_key
 
 
 def has_digit(prompts, completions, **columns):
@@ -53,7 +53,7 @@ def read_jsonl(path):
 # --- the losses, against numbers worked out by hand ---
 
 def test_bradley_terry_loss_by_hand():
-    from rlvf.reward_model import bradley_terry_loss
+    from rlvf.stages.reward_model import bradley_terry_loss
 
     chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
     # r+ - r- = 1, 0, -2: -log sigmoid(d) = log(1 + e^-d) = 0.313262, log 2 = 0.693147, log(1 + e^2) = 2.126928
@@ -65,7 +65,7 @@ def test_bradley_terry_loss_by_hand():
 
 
 def test_dpo_and_ipo_losses_by_hand():
-    from rlvf.dpo import dpo_loss
+    from rlvf.stages.dpo import dpo_loss
 
     # log pi(y+|x) = -10, log pi_ref(y+|x) = -11 (ratio +1); log pi(y-|x) = -12, log pi_ref(y-|x) = -11 (ratio -1)
     args = torch.tensor([-10.0]), torch.tensor([-12.0]), torch.tensor([-11.0]), torch.tensor([-11.0])
@@ -155,7 +155,7 @@ def test_preference_rows_in_text_and_chat_forms(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_rm(toy_pairs, tmp_path_factory):
-    from rlvf.reward_model import run_train_rm
+    from rlvf.stages.reward_model import run_train_rm
 
     model_dir, pairs, _ = toy_pairs
     output = tmp_path_factory.mktemp("rm") / "run"
@@ -184,7 +184,7 @@ def test_reward_model_learns_the_preference_on_held_out_pairs(trained_rm):
 
 @pytest.mark.timeout(120)
 def test_reward_model_reward_loads_by_entry_point_and_scores_through_rlvf_score(trained_rm, toy_pairs, tmp_path):
-    from rlvf.reward_model import encode_for_reward, load_reward_model, reward_scores
+    from rlvf.stages.reward_model import encode_for_reward, load_reward_model, reward_scores
 
     _, output = trained_rm
     plugins = {p["distribution"]: p for p in json.loads(run_rlvf("plugins", "--json").stdout)}
@@ -251,7 +251,7 @@ def test_reward_model_reward_options(trained_rm):
 @pytest.mark.timeout(90)
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
 def test_dpo_raises_preference_accuracy_on_held_out_pairs(toy_pairs, tmp_path, loss):
-    from rlvf.dpo import run_dpo
+    from rlvf.stages.dpo import run_dpo
 
     model_dir, pairs, _ = toy_pairs
     config = load_config(None, overrides(**{
@@ -271,7 +271,7 @@ def test_dpo_raises_preference_accuracy_on_held_out_pairs(toy_pairs, tmp_path, l
 
 def test_dpo_reference_log_probs_match_the_policy_before_training(toy_pairs):
     """The pair log-probs (prompt run once per pair) equal a plain forward pass over each sequence."""
-    from rlvf.dpo import encode_pair_examples, pair_logprobs
+    from rlvf.stages.dpo import encode_pair_examples, pair_logprobs
 
     model_dir, pairs, _ = toy_pairs
     policy = load_policy(ModelConfig(name=str(model_dir)))
@@ -296,7 +296,7 @@ def write_sums(path, n=200, seed=0):
 
 @pytest.mark.timeout(60)
 def test_sft_lowers_the_held_out_completion_loss_and_saves_a_model(char_model_dir, tmp_path):
-    from rlvf.sft import run_sft
+    from rlvf.stages.sft import run_sft
 
     config = load_config(None, overrides(**{
         "model.name": str(char_model_dir), "sft.dataset": str(write_sums(tmp_path / "sums.jsonl")),
@@ -310,7 +310,7 @@ def test_sft_lowers_the_held_out_completion_loss_and_saves_a_model(char_model_di
 
 
 def test_packing_gives_the_same_loss_as_one_example_per_row(char_model_dir):
-    from rlvf.sft import _rows, completion_nll, encode_demonstrations
+    from rlvf.stages.sft import _rows, completion_nll, encode_demonstrations
 
     policy = load_policy(ModelConfig(name=str(char_model_dir)))
     rows = [{"prompt": f"{a}+{b}=", "completion": f"{a + b} ok"} for a, b in [(1, 2), (3, 4), (5, 5), (9, 9), (0, 1)]]
@@ -327,7 +327,7 @@ def test_packing_gives_the_same_loss_as_one_example_per_row(char_model_dir):
 
 
 def test_sft_demonstrations_from_chat_messages_and_from_a_task_template(tmp_path):
-    from rlvf.sft import demonstrations, normalize_demonstration
+    from rlvf.stages.sft import demonstrations, normalize_demonstration
 
     user, assistant = {"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}
     assert normalize_demonstration({"messages": [user, assistant]}, "r") == {"prompt": [user], "completion": "hello"}

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from rlvf.config import ModelConfig
-from rlvf.evaluate import pass_at_k
-from rlvf.modeling import encode_prompts, load_policy
+from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.stages.evaluate import pass_at_k
 
 PROMPTS = [[{"role": "user", "content": "Calculate 2 + 3."}], "plain text prompt", [{"role": "user", "content": "Hi"}]]
 
@@ -75,7 +75,7 @@ def test_pass_at_k_against_hand_values():
 def test_prefix_shared_training_logprobs_equal_a_full_forward(policy):
     """The trainer runs each prompt once and repeats its KV cache for the group's completions; the result
     must equal running every prompt + completion through the model on its own."""
-    from rlvf.trainer import Rollout, completion_logprobs
+    from rlvf.stages.rl import Rollout, completion_logprobs
 
     ids = encode_prompts(policy.tokenizer, PROMPTS)
     samples = HFSampler(policy.model, policy.tokenizer).sample(ids, SamplingParams(max_new_tokens=9, n=3), seed=1)

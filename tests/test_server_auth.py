@@ -16,8 +16,8 @@ import urllib.request
 import pytest
 
 from conftest import run_rlvf
+from rlvf.engine.server_auth import BearerTokenMiddleware, is_loopback, token_matches
 from rlvf.errors import RewardError
-from rlvf.server_auth import BearerTokenMiddleware, is_loopback, token_matches
 
 TOKEN = secrets.token_hex(16)
 
@@ -124,7 +124,7 @@ def test_the_vllm_middleware_lets_only_the_token_through(monkeypatch):
 
 RAY_PROBE = r'''
 import json, os, subprocess, sys
-from rlvf.executors import connect_ray
+from rlvf.engine.executors import connect_ray
 ray = connect_ray()
 address = ray.get_runtime_context().gcs_address
 @ray.remote
@@ -150,6 +150,6 @@ def test_ray_the_local_instance_needs_a_token_and_a_network_cluster_must_use_one
     assert report["answer"] == 42 and report["mode"] == "token"
     assert report["intruder_rc"] != 0 and report["intruder_refused"], report  # no token, no connection
     assert report["friend"] == "connected"  # the same token (inherited) connects
-    refused = subprocess.run([sys.executable, "-c", "from rlvf.executors import connect_ray; "
+    refused = subprocess.run([sys.executable, "-c", "from rlvf.engine.executors import connect_ray; "
                               "connect_ray('10.20.30.40:6379')"], capture_output=True, text=True, timeout=60, env=env)
     assert refused.returncode != 0 and "must use token authentication" in refused.stderr

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from rlvf.api.tasks import fill_template, task_from_config
 from rlvf.config import TaskConfig
 from rlvf.errors import ConfigError
 from rlvf.plugins import get_registry
-from rlvf.tasks import fill_template, task_from_config
 
 
 def make_task(**fields):

@@ -15,7 +15,7 @@ import pytest
 from conftest import BIN, run_rlvf, write_distribution
 from rlvf.config import Config, load_config
 from rlvf.plugins import PluginInfo, load_registry
-from rlvf.trainer import Trainer
+from rlvf.stages.rl import Trainer
 
 DIGITS_PLUGIN = """
 from rlvf import hookimpl
@@ -254,7 +254,7 @@ def interrupted_run(toy, tmp_path, steps=4, **train) -> tuple[list[str], Path]:
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("how", ["truncate", "corrupt"])
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(toy, tmp_path, capsys, how):
-    from rlvf.rundir import checkpoint_problem
+    from rlvf.engine.rundir import checkpoint_problem
 
     overrides, run_dir = interrupted_run(toy, tmp_path)
     checkpoints = run_dir / "checkpoints"
@@ -435,7 +435,7 @@ def test_sample_completions_are_logged_with_their_rewards(toy, tmp_path):
 def test_a_second_ctrl_c_stops_at_once_and_leaves_every_checkpoint_whole(toy, tmp_path):
     import re
 
-    from rlvf.rundir import checkpoint_problem
+    from rlvf.engine.rundir import checkpoint_problem
 
     run_dir = tmp_path / "run"
     process, args, env = start_toy_run(toy, run_dir, steps=500, save_every=1, keep_checkpoints=0,

@@ -8,10 +8,10 @@ import json
 import pytest
 
 from conftest import run_rlvf, write_distribution
+from rlvf.api.rewards import MixEntry, RewardMix, check_task_columns
+from rlvf.api.tasks import DatasetTask, fill_template
+from rlvf.api.text import reward_completions
 from rlvf.errors import ConfigError
-from rlvf.rewards import MixEntry, RewardMix, check_task_columns
-from rlvf.tasks import DatasetTask, fill_template
-from rlvf.text import reward_completions
 
 # Reward functions as TRL's documentation writes them (same signatures and behaviour, written here).
 TRL_REWARDS = r'''

@@ -17,7 +17,7 @@ import torch
 
 from rlvf.config import ModelConfig, load_config
 from rlvf.errors import ConfigError
-from rlvf.modeling import encode_prompts, load_policy
+from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import HFSampler, Samples, SamplingParams, make_sampler, vllm_missing
 
 PROMPTS = [[{"role": "user", "content": "What is 12 + 7? Put the answer in \\boxed{}."}],
@@ -136,7 +136,7 @@ def test_weight_sync_moves_the_engine_to_the_trainers_weights(policy, engine, pr
 @pytest.mark.timeout(300)
 def test_grpo_with_the_vllm_sampler(tmp_path, capsys):
     from rlvf.plugins import get_registry
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     overrides = {
         "model.name": "smollm2-135m", "task.name": "arithmetic", "reward.mix.math": 1.0, "reward.mix.boxed": 0.1,
@@ -207,10 +207,10 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
     """Without vLLM: a sampler whose log-probs are off by a known amount. The trainer recomputes the old
     log-probs, logs the mismatch (ratio exp(-delta), k3 KL), weights the loss by min(ratio, tis_cap), and
     syncs the sampler after the optimiser step."""
-    import rlvf.trainer
+    import rlvf.stages.rl
     from rlvf import hookimpl
+    from rlvf.api.text import completion_text
     from rlvf.plugins import PluginInfo, load_registry
-    from rlvf.text import completion_text
 
     class EvenLength:  # a reward that differs between completions of a random model: advantages are not all 0
         @hookimpl
@@ -225,7 +225,7 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
         return loaded
 
     delta = 0.2  # the sampler claims each token 0.2 nats likelier than it is: ratio = exp(-0.2) ~ 0.82
-    monkeypatch.setattr(rlvf.trainer, "sampler_from_config",
+    monkeypatch.setattr(rlvf.stages.rl, "sampler_from_config",
                         lambda config, model, tokenizer, **_: ShiftedSampler(model, tokenizer, delta))
     overrides = {
         "model.name": str(tiny_model_dir), "task.name": "arithmetic", "reward.mix.even": 1.0,
@@ -234,7 +234,7 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
         "train.report_to": ["jsonl"], "train.output_dir": str(tmp_path / "run"),
     }
     config = load_config(None, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
-    trainer = rlvf.trainer.Trainer(config, registry())
+    trainer = rlvf.stages.rl.Trainer(config, registry())
     assert isinstance(trainer.sampler, ShiftedSampler)
     metrics = trainer.train_step()
     ratio = math.exp(-delta)
@@ -246,7 +246,7 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
     del overrides["algorithm.tis_cap"]
     overrides["train.output_dir"] = str(tmp_path / "plain")
     uncorrected = load_config(None, [f"{key}={json.dumps(value)}" for key, value in overrides.items()])
-    plain = rlvf.trainer.Trainer(uncorrected, registry()).train_step()
+    plain = rlvf.stages.rl.Trainer(uncorrected, registry()).train_step()
     assert "mismatch/tis_clipped" not in plain and plain["reward/mean"] == metrics["reward/mean"]
     assert plain["grad_norm"] > 1e-6 and metrics["grad_norm"] == pytest.approx(0.5 * plain["grad_norm"], rel=1e-3)
     assert "time/old_logprobs" in metrics and "time/weight_sync" in metrics and trainer.sampler.synced == 1

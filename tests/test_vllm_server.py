@@ -23,7 +23,7 @@ from test_vllm import PROMPTS, check_weight_sync, hf_logprobs
 
 from rlvf.config import ModelConfig, SamplingConfig, load_config
 from rlvf.errors import ConfigError
-from rlvf.modeling import encode_prompts, load_policy
+from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import HFSampler, SamplingParams, VLLMServerSampler, sampler_from_config, vllm_missing
 
 RLVF = str(Path(sys.executable).with_name("rlvf"))
@@ -110,7 +110,7 @@ def test_weight_sync_over_the_api_moves_the_server_to_the_trainers_weights(polic
 @pytest.mark.timeout(300)
 def test_grpo_samples_from_the_server(server, tmp_path):
     from rlvf.plugins import get_registry
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     overrides = {
         "model.name": "smollm2-135m", "task.name": "arithmetic", "reward.mix.math": 1.0, "reward.mix.boxed": 0.1,

@@ -4,7 +4,7 @@ Plugins import only `hookimpl` from here; everything else lives in submodules so
 `rlvf` stays cheap (no torch) for reward workers and the CLI.
 """
 
-from rlvf.hookspecs import hookimpl
+from rlvf.api.hookspecs import hookimpl
 
 __version__ = "0.1.0"
 __all__ = ["__version__", "hookimpl"]

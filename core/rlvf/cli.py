@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rlvf.errors import ConfigError, RewardError, RlvfError
-from rlvf.table import format_table
+from rlvf.tools.table import format_table
 
 
 def _registry():
@@ -60,8 +60,8 @@ def cmd_algorithms(args) -> None:
 def cmd_tasks(args) -> None:
     registry = _registry()
     if args.name or args.task_config:  # show some rows of one task: a registered one, or the [task] of a config
+        from rlvf.api.tasks import task_from_config
         from rlvf.config import TaskConfig, load_config
-        from rlvf.tasks import task_from_config
 
         if args.task_config:
             task_config = load_config(args.task_config, []).task
@@ -109,7 +109,7 @@ def open_text(path: Path, mode: str = "r"):
 
 def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[tuple[int, dict[str, Any]]]:
     """(line number, row) for each non-blank line; a malformed row is an error naming its line."""
-    from rlvf.tasks import jsonl_rows
+    from rlvf.api.tasks import jsonl_rows
 
     rows = []
     with open_text(path) as handle:
@@ -123,8 +123,8 @@ def read_jsonl(path: Path, required: tuple[str, ...] = ()) -> list[tuple[int, di
 
 
 def cmd_score(args) -> None:
+    from rlvf.api.rewards import mix_from_config
     from rlvf.config import RewardEntry, load_config
-    from rlvf.rewards import mix_from_config
 
     config = load_config(args.config, args.overrides)
     if args.reward:
@@ -195,11 +195,11 @@ def _sampler(config, policy, batch_size: int):
 
 
 def cmd_eval(args) -> None:
+    from rlvf.api.rewards import check_task_columns, mix_from_config
+    from rlvf.api.tasks import task_from_config
     from rlvf.config import load_config
-    from rlvf.evaluate import evaluate
-    from rlvf.modeling import load_policy
-    from rlvf.rewards import check_task_columns, mix_from_config
-    from rlvf.tasks import task_from_config
+    from rlvf.models.loading import load_policy
+    from rlvf.stages.evaluate import evaluate
 
     config = load_config(args.config, args.overrides)
     registry = _registry()
@@ -252,10 +252,10 @@ def cmd_init(args) -> None:
 
 def _dry_run(config) -> None:
     """What `rlvf train` would do, checked as far as it can be without loading the model."""
+    from rlvf.api.rewards import mix_from_config
+    from rlvf.api.tasks import task_from_config
     from rlvf.config_docs import to_toml
-    from rlvf.models import EMBEDDED_MODELS, resolve_model
-    from rlvf.rewards import mix_from_config
-    from rlvf.tasks import task_from_config
+    from rlvf.models.names import EMBEDDED_MODELS, resolve_model
 
     print(to_toml(config.model_dump()))
     registry = _registry()
@@ -273,7 +273,7 @@ def _dry_run(config) -> None:
 
 def cmd_train(args) -> None:
     from rlvf.config import load_config
-    from rlvf.trainer import Trainer
+    from rlvf.stages.rl import Trainer
 
     _require_a_config(args)
     config = load_config(args.config, args.overrides)
@@ -325,7 +325,7 @@ def _run_stage(args, run, summary, saved_as: str) -> None:
 
 
 def cmd_sft(args) -> None:
-    from rlvf.sft import run_sft
+    from rlvf.stages.sft import run_sft
 
     _run_stage(args, run_sft, lambda r: [
         f"{r['train_examples']} demonstrations, {r['steps']} optimiser steps; held-out: completion loss per token "
@@ -333,7 +333,7 @@ def cmd_sft(args) -> None:
 
 
 def cmd_train_rm(args) -> None:
-    from rlvf.reward_model import run_train_rm
+    from rlvf.stages.reward_model import run_train_rm
 
     _run_stage(args, run_train_rm, lambda r: [
         f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
@@ -341,7 +341,7 @@ def cmd_train_rm(args) -> None:
 
 
 def cmd_dpo(args) -> None:
-    from rlvf.dpo import run_dpo
+    from rlvf.stages.dpo import run_dpo
 
     _run_stage(args, run_dpo, lambda r: [
         f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
@@ -349,7 +349,7 @@ def cmd_dpo(args) -> None:
 
 
 def cmd_train_judge(args) -> None:
-    from rlvf.judge import run_train_judge
+    from rlvf.stages.judge import run_train_judge
 
     def summary(r: dict[str, Any]) -> list[str]:
         generated = [f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}"
@@ -362,11 +362,11 @@ def cmd_train_judge(args) -> None:
 
 
 def cmd_pairs(args) -> None:
+    from rlvf.api.rewards import mix_from_config
+    from rlvf.api.tasks import task_from_config
     from rlvf.config import load_config
-    from rlvf.modeling import load_policy
-    from rlvf.preference import generate_pairs
-    from rlvf.rewards import mix_from_config
-    from rlvf.tasks import task_from_config
+    from rlvf.models.loading import load_policy
+    from rlvf.stages.pairs import generate_pairs
 
     config = load_config(args.config, args.overrides)
     registry = _registry()
@@ -386,21 +386,21 @@ def cmd_pairs(args) -> None:
 
 
 def cmd_plot(args) -> None:
-    from rlvf.plot import plot_run
+    from rlvf.tools.plot import plot_run
 
     for path in plot_run(Path(args.run_dir)):
         print(path)
 
 
 def cmd_new_plugin(args) -> None:
-    from rlvf.scaffold import write_plugin
+    from rlvf.tools.scaffold import write_plugin
 
     directory = write_plugin(args.name, Path(args.directory))
     print(f"wrote {directory}\ninstall it with: pip install -e {directory}\nthen check: rlvf plugins")
 
 
 def cmd_model(args) -> None:
-    from rlvf.models import resolve_model
+    from rlvf.models.names import resolve_model
 
     print(resolve_model(args.name))
 
@@ -408,9 +408,9 @@ def cmd_model(args) -> None:
 def cmd_vllm_serve(args) -> None:
     import os
 
-    from rlvf.models import resolve_model
+    from rlvf.engine.server_auth import VLLM_TOKEN_ENV, require_token_off_loopback
+    from rlvf.models.names import resolve_model
     from rlvf.sampling import vllm_missing, vllm_serve_command
-    from rlvf.server_auth import VLLM_TOKEN_ENV, require_token_off_loopback
 
     token = args.api_key or os.environ.get(VLLM_TOKEN_ENV) or None
     require_token_off_loopback(args.host, token, "rlvf vllm-serve",

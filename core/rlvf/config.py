@@ -52,7 +52,7 @@ class RewardEntry(Section):
 
 
 class RayConfig(Section):
-    """Where `reward.executor = "ray"` runs the rewards (rlvf.executors): actors on a Ray cluster."""
+    """Where `reward.executor = "ray"` runs the rewards (rlvf.engine.executors): actors on a Ray cluster."""
 
     address: str | None = None  # "host:port" of a running cluster (`ray start --head`); none: RAY_ADDRESS, else a
     #                             local one started for the run
@@ -92,7 +92,7 @@ class TaskConfig(DatasetSource):
 
 
 class SamplingConfig(Section):
-    # "vllm": a vLLM engine in the trainer's process (python -m rlvf.vllm_install); "hf": rlvf's own decode
+    # "vllm": a vLLM engine in the trainer's process (python -m rlvf.tools.vllm_install); "hf": rlvf's own decode
     # loop on the transformers model; "auto": vLLM if it is installed, else HF (the choice is printed)
     sampler: Literal["auto", "hf", "vllm"] = "auto"
     temperature: float = 1.0
@@ -223,13 +223,13 @@ class TrainConfig(Section):
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
     _check_report_to = field_validator("report_to")(_loggers_installed)
     progress: bool = True
-    # Under torchrun (rlvf.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
+    # Under torchrun (rlvf.engine.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
     # rank samples and scores its share of the step's prompts. "none": one process.
     parallel: Literal["none", "ddp", "fsdp"] = "none"
 
 
 class FinetuneConfig(Section):
-    """Optimisation settings shared by `rlvf sft`, `rlvf train-rm` and `rlvf dpo` (rlvf.finetune)."""
+    """Optimisation settings shared by `rlvf sft`, `rlvf train-rm` and `rlvf dpo` (rlvf.stages.supervised)."""
 
     epochs: int = 1  # passes over the training examples (pairs for RM and DPO)
     max_steps: int | None = None  # optimiser steps; none: `epochs` passes
@@ -318,14 +318,14 @@ class JudgeRowsConfig(EvalConfig):
 
 
 class JudgeTrainConfig(FinetuneConfig, DatasetSource):
-    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.judge).
+    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.stages.judge).
     `dataset`: prompt / response / label rows; none: generate them from the [task] (`rows`)."""
 
     output_dir: str = "runs/judge"
     eval_fraction: float = 0.2
     limit: int | None = None  # training rows; none: all
     rows: JudgeRowsConfig = JudgeRowsConfig()
-    # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.judge.DEFAULT_TEMPLATE
+    # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.stages.judge.DEFAULT_TEMPLATE
     template: str | None = None
     system_prompt: str | None = None
     chat: bool | None = None  # through the tokenizer's chat template; none: if it has one

@@ -18,10 +18,10 @@ from typing import Any
 
 import pluggy
 
-from rlvf import hookspecs
+from rlvf.api import hookspecs
+from rlvf.api.rewards import RewardSpec
+from rlvf.api.tasks import Task
 from rlvf.errors import PluginError
-from rlvf.rewards import RewardSpec
-from rlvf.tasks import Task
 
 ENTRY_POINT_GROUP = "rlvf"
 PLUGIN_FILTER_ENV = "RLVF_PLUGINS"
@@ -102,7 +102,7 @@ class Registry:
 
         def register_task(task):
             if not isinstance(task, Task):
-                raise PluginError(f"{info.describe()} registered {task!r} as a task; expected an rlvf.tasks.Task")
+                raise PluginError(f"{info.describe()} registered {task!r} as a task; expected an rlvf.api.tasks.Task")
             self._claim("task", task.name, info)
             task.plugin = info.distribution
             self.tasks[task.name] = task

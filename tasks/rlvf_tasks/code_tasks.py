@@ -10,8 +10,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from rlvf.errors import ConfigError
-from rlvf.tasks import DatasetTask, Task, split_held_out
+from rlvf.api import ConfigError, DatasetTask, Task, split_held_out
 
 FENCE_INSTRUCTION = "Reply with the complete Python code in one ```python block."
 

@@ -7,8 +7,7 @@ import random
 from importlib import resources
 from typing import Any
 
-from rlvf.errors import ConfigError
-from rlvf.tasks import DatasetTask, Task, split_held_out
+from rlvf.api import ConfigError, DatasetTask, Task, split_held_out
 
 BOXED_INSTRUCTION = "Put the final answer in \\boxed{}."
 

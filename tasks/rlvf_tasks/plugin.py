@@ -1,4 +1,4 @@
-from rlvf import hookimpl
+from rlvf.api import hookimpl
 from rlvf_tasks.code_tasks import CodeDatasetTask, HumanEvalTask, SimpleFunctionsTask
 from rlvf_tasks.math_tasks import ArithmeticTask, ChampTask, GSM8KFormatTask, GSMSymbolicTask
 

@@ -1,6 +1,6 @@
 """Entry point of the `rlvf` plugin group: registers the `code` reward."""
 
-from rlvf import hookimpl
+from rlvf.api import hookimpl
 from rlvf_code.reward import CodeReward
 
 

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlvf.errors import RewardError
-from rlvf.text import completion_text
+from rlvf.api import RewardError, completion_text
 from rlvf_code.extract import EXTRACTIONS, Extraction, extract_code
 from rlvf_code.testcases import TestSuite, normalise_output, parse_tests, setup_code, with_prompt
 from rlvf_sandbox import FunctionTests, Sandbox, function_test_job

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 
 class LocalJudge:
-    """p(yes) from one batched forward pass (rlvf.judge), and greedy replies for rubric ratings."""
+    """p(yes) from one batched forward pass (rlvf.stages.judge), and greedy replies for rubric ratings."""
 
     def __init__(self, model: str, *, chat: bool | None, system_prompt: str | None, yes, no, batch_size: int,
                  max_length: int, dtype: str = "auto", device: str = "auto"):
         from rlvf.config import ModelConfig
-        from rlvf.judge import uses_chat, yes_no_ids
-        from rlvf.modeling import load_policy
+        from rlvf.models.loading import load_policy
+        from rlvf.stages.judge import uses_chat, yes_no_ids
 
         policy = load_policy(ModelConfig(name=model, dtype=dtype))
         self.model, self.tokenizer, self.path = policy.model, policy.tokenizer, policy.path
@@ -24,13 +24,13 @@ class LocalJudge:
         self.description = f"local model {self.path}"
 
     def _encode(self, user_texts: list[str]) -> list[list[int]]:
-        from rlvf.judge import encode_judge, judge_text
+        from rlvf.stages.judge import encode_judge, judge_text
 
         texts = [judge_text(self.tokenizer, text, self.system_prompt, self.chat) for text in user_texts]
         return encode_judge(self.tokenizer, texts, self.chat, self.max_length)
 
     def yes_probabilities(self, user_texts: list[str]) -> list[float | None]:
-        from rlvf.judge import judge_probabilities
+        from rlvf.stages.judge import judge_probabilities
 
         probabilities, _ = judge_probabilities(self.model, self._encode(user_texts), self.tokenizer.pad_token_id,
                                                self.yes_ids, self.no_ids, self.batch_size)

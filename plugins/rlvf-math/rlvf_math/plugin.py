@@ -1,6 +1,6 @@
 """rlvf plugin entry point (`[project.entry-points.rlvf] math = "rlvf_math.plugin"`)."""
 
-from rlvf import hookimpl
+from rlvf.api import hookimpl
 from rlvf_math.reward import MathReward
 
 

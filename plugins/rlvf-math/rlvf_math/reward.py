@@ -7,8 +7,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from rlvf.errors import RewardError
-from rlvf.text import completion_text
+from rlvf.api import RewardError, completion_text
 from rlvf_math.extract import extract_answer, extract_gold
 from rlvf_math.pool import VerifierPool
 from rlvf_math.verify import DEFAULT_REL_TOL, Verdict, quick_verdict

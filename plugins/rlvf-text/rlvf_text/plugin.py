@@ -1,4 +1,4 @@
-from rlvf import hookimpl
+from rlvf.api import hookimpl
 from rlvf_text.rewards import (
     OverlongPenalty,
     RepetitionPenalty,

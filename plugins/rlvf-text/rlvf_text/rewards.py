@@ -6,7 +6,7 @@ import re
 import string
 from collections import Counter
 
-from rlvf.text import completion_text, last_boxed
+from rlvf.api import completion_text, last_boxed
 
 _THINK = re.compile(r"^\s*<think>(?P<thought>.*?)</think>(?P<answer>.*)$", re.DOTALL)
 # Fences open and close at the start of a line (as in Markdown, and as the `code` reward extracts them).

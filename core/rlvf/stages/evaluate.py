@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from rlvf.api.rewards import MixResult, RewardMix, check_task_columns
+from rlvf.api.tasks import Task
 from rlvf.config import EvalConfig
 from rlvf.errors import ConfigError
-from rlvf.modeling import encode_prompts
-from rlvf.rewards import MixResult, RewardMix, check_task_columns
+from rlvf.models.loading import encode_prompts
 from rlvf.sampling import HFSampler, Sampler, Samples, SamplingParams
-from rlvf.tasks import Task
 
 CORRECT = 1.0 - 1e-6  # an accuracy reward counts a sample correct at 1.0 (all tests passed, answer equal)
 

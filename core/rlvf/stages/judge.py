@@ -29,9 +29,9 @@ import json
 import math
 from typing import Any
 
+from rlvf.api.tasks import fill_template
+from rlvf.api.text import completion_text
 from rlvf.errors import ConfigError
-from rlvf.tasks import fill_template
-from rlvf.text import completion_text
 
 DEFAULT_TEMPLATE = (
     "Here is a question and a response to it.\n\n"
@@ -247,7 +247,7 @@ def normalize_row(row: dict[str, Any], where: str) -> dict[str, Any]:
 
 def load_judge_rows(config, split: str, seed: int = 0) -> list[dict[str, Any]]:
     """The `train` or `eval` rows of `judge.dataset` (held out by prompt without a named eval split)."""
-    from rlvf.preference import load_rows_by_prompt
+    from rlvf.stages.pairs import load_rows_by_prompt
 
     return load_rows_by_prompt(config, split, seed, normalize_row, "judge.dataset")
 
@@ -257,12 +257,12 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     on each prompt of the [task]'s `judge.rows.split`, verify each sample with the reward mix (the accuracy
     reward, `judge.rows.accuracy_reward`, decides: verified-correct = 1, incorrect = 0). Duplicate responses of
     a prompt are kept once; samples the accuracy reward does not apply to, and empty ones, are left out."""
+    from rlvf.api.rewards import mix_from_config
+    from rlvf.api.tasks import task_from_config
     from rlvf.config import ModelConfig
-    from rlvf.evaluate import CORRECT, evaluate
-    from rlvf.modeling import load_policy
-    from rlvf.rewards import mix_from_config
+    from rlvf.models.loading import load_policy
     from rlvf.sampling import sampler_from_config
-    from rlvf.tasks import task_from_config
+    from rlvf.stages.evaluate import CORRECT, evaluate
 
     rows_config = config.judge.rows
     task = task_from_config(config.task, registry)
@@ -295,9 +295,9 @@ def run_train_judge(config, registry=None) -> dict[str, Any]:
     AUC, accuracy and loss before and after; save the judge as a HF directory in `judge.output_dir`/final."""
     import torch
 
-    from rlvf.finetune import check_batching, prepare_output_dir, save_final, train_loop
-    from rlvf.modeling import load_policy
-    from rlvf.preference import split_by_prompt
+    from rlvf.models.loading import load_policy
+    from rlvf.stages.pairs import split_by_prompt
+    from rlvf.stages.supervised import check_batching, prepare_output_dir, save_final, train_loop
 
     j = config.judge
     check_batching(j, "judge")

@@ -25,23 +25,23 @@ from typing import Any
 import torch
 
 from rlvf import algorithms
+from rlvf.api.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
+from rlvf.api.tasks import Task, task_from_config
 from rlvf.config import Config
-from rlvf.critic import Critic, build_critic
-from rlvf.distributed import init_distributed
-from rlvf.errors import ConfigError
-from rlvf.evaluate import CORRECT, evaluate, score_samples
-from rlvf.metrics import MetricsLogger, read_metrics
-from rlvf.modeling import encode_prompts, load_policy
-from rlvf.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
-from rlvf.rundir import (
+from rlvf.engine.distributed import init_distributed
+from rlvf.engine.metrics import MetricsLogger, read_metrics
+from rlvf.engine.rundir import (
     check_resume_config,
     check_run_dir,
     checkpoint_problem,
     write_manifest,
     write_run_config,
 )
+from rlvf.errors import ConfigError
+from rlvf.models.critic import Critic, build_critic
+from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import SamplingParams, sampler_from_config
-from rlvf.tasks import Task, task_from_config
+from rlvf.stages.evaluate import CORRECT, evaluate, score_samples
 
 
 @dataclass
@@ -65,7 +65,7 @@ class Rollout:
 
     def stand_in(self) -> Rollout:
         """One row with an all-zero mask: it adds nothing to a loss or its gradient. A rank without rows of a
-        (mini/micro-)batch runs it so that its collective operations match the other ranks' (rlvf.distributed)."""
+        (mini/micro-)batch runs it so that its collective operations match the other ranks' (rlvf.engine.distributed)."""
         part = self.select([0])
         part.mask = torch.zeros_like(part.mask)
         part.padding = True
@@ -333,7 +333,7 @@ class Trainer:
     # --- configuration checks and schedules ---
 
     def _check_run_dir(self, resume: bool, force_resume: bool) -> None:
-        """The run directory can hold this run (rlvf.rundir.check_run_dir); on --resume, it was started with
+        """The run directory can hold this run (rlvf.engine.rundir.check_run_dir); on --resume, it was started with
         the same training-relevant config (or --force-resume)."""
         if self.config.train.keep_checkpoints < 0:
             raise ConfigError("train.keep_checkpoints must be 0 (keep all) or more")
@@ -776,7 +776,7 @@ class Trainer:
     def save_checkpoint(self) -> Path:
         """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it.
 
-        Written into a staging directory, read back and closed by its manifest (rlvf.rundir.write_manifest),
+        Written into a staging directory, read back and closed by its manifest (rlvf.engine.rundir.write_manifest),
         then renamed into place: a kill or Ctrl-C at any moment leaves the previous checkpoints as they were."""
         checkpoints = self.output_dir / "checkpoints"
         target = checkpoints / f"step-{self.step:06d}"

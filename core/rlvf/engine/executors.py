@@ -40,7 +40,7 @@ def connect_ray(address: str | None = None):
     Ray's ports run whatever code reaches them (its docs: never expose them), so a cluster on the network
     must use Ray's token authentication (RAY_AUTH_MODE=token, RAY_AUTH_TOKEN, set on every node and here),
     and the local instance rlvf starts uses a fresh token of its own (Ray listens on every interface)."""
-    from rlvf.server_auth import is_loopback
+    from rlvf.engine.server_auth import is_loopback
 
     address = address or os.environ.get("RAY_ADDRESS")
     if not address and "ray" not in sys.modules:  # Ray reads its auth mode when imported

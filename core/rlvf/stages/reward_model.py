@@ -20,13 +20,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlvf.api.text import completion_text
 from rlvf.config import Config
 from rlvf.errors import ConfigError
-from rlvf.finetune import check_batching, prepare_output_dir, save_final, train_loop
-from rlvf.modeling import load_tokenizer, pick_device_and_dtype
-from rlvf.models import resolve_model
-from rlvf.preference import load_pairs
-from rlvf.text import completion_text
+from rlvf.models.loading import load_tokenizer, pick_device_and_dtype
+from rlvf.models.names import resolve_model
+from rlvf.stages.pairs import load_pairs
+from rlvf.stages.supervised import check_batching, prepare_output_dir, save_final, train_loop
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float | None = None

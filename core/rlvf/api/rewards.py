@@ -5,7 +5,7 @@ with keyword arguments as TRL calls it, returning one `float | None` per complet
 applicable to this sample". It may be async. A reward registered as a class is built with its options as
 keyword arguments.
 
-Completions follow TRL's convention (`rlvf.text.reward_completions`): a list of messages
+Completions follow TRL's convention (`rlvf.api.text.reward_completions`): a list of messages
 (`[{"role": "assistant", "content": text}]`) when the prompt is conversational, a string when it is a string.
 A reward may declare the dataset columns it reads with a `columns` attribute (`columns = ("answer",)` on the
 function or class); `check_reward_columns` then refuses, before training or evaluation starts, rows that lack one.
@@ -22,9 +22,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from rlvf.api.text import reward_completions
 from rlvf.config import RewardConfig, RewardEntry
 from rlvf.errors import ConfigError, RewardError
-from rlvf.text import reward_completions
 
 OnError = Literal["raise", "zero"]
 Aggregation = Literal["sum", "normalize_then_sum"]
@@ -329,8 +329,8 @@ def mix_from_config(config: RewardConfig, registry, default_rewards: dict[str, f
     entries = []
     for key, entry in mix.items():
         spec = registry.reward(entry.reward or key)
-        if config.executor == "ray":  # built in Ray actors, called through a stand-in (rlvf.executors)
-            from rlvf.executors import RayReward
+        if config.executor == "ray":  # built in Ray actors, called through a stand-in (rlvf.engine.executors)
+            from rlvf.engine.executors import RayReward
 
             function = RayReward.from_spec(spec, entry.options, config.ray)
         else:

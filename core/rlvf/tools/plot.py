@@ -5,7 +5,7 @@ from __future__ import annotations
 import fnmatch
 from pathlib import Path
 
-from rlvf.metrics import read_metrics
+from rlvf.engine.metrics import read_metrics
 
 PANELS = [  # (title, metric keys drawn in the panel; "*" stands for each name found in the run)
     ("reward", ["reward/mean", "reward/*/mean"]),

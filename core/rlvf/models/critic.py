@@ -68,7 +68,7 @@ def _load_backbone(name: str, dtype: torch.dtype):
     """(decoder, score head or None) of a causal LM or sequence-classification checkpoint."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
-    from rlvf.models import resolve_model
+    from rlvf.models.names import resolve_model
 
     try:
         path = resolve_model(name, key="critic.init")

@@ -21,4 +21,4 @@ def register_rewards(register):
 
 @hookspec
 def register_tasks(register):
-    """Register tasks: `register(task)` with an `rlvf.tasks.Task` instance."""
+    """Register tasks: `register(task)` with an `rlvf.api.tasks.Task` instance."""

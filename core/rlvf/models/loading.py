@@ -7,7 +7,7 @@ from typing import Any
 
 from rlvf.config import ModelConfig
 from rlvf.errors import ConfigError
-from rlvf.models import resolve_model
+from rlvf.models.names import resolve_model
 
 
 @dataclass

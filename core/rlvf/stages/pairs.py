@@ -18,14 +18,14 @@ import json
 import random
 from typing import Any
 
+from rlvf.api.rewards import RewardMix, check_task_columns
+from rlvf.api.tasks import DatasetTask, Task, split_held_out
+from rlvf.api.text import completion_text
 from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
-from rlvf.evaluate import CORRECT, score_samples
-from rlvf.modeling import encode_prompts
-from rlvf.rewards import RewardMix, check_task_columns
+from rlvf.models.loading import encode_prompts
 from rlvf.sampling import HFSampler, Sampler, SamplingParams
-from rlvf.tasks import DatasetTask, Task, split_held_out
-from rlvf.text import completion_text
+from rlvf.stages.evaluate import CORRECT, score_samples
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
 

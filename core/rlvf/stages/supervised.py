@@ -18,16 +18,16 @@ from typing import Any
 
 import torch
 
+from rlvf.api.text import completion_text
 from rlvf.config import Config, FinetuneConfig
+from rlvf.engine.metrics import MetricsLogger
+from rlvf.engine.rundir import check_run_dir
 from rlvf.errors import ConfigError
-from rlvf.metrics import MetricsLogger
-from rlvf.modeling import encode_prompts
-from rlvf.rundir import check_run_dir
-from rlvf.text import completion_text
+from rlvf.models.loading import encode_prompts
 
 
 def prepare_output_dir(template: str, key: str, **fields: str) -> Path:
-    """The run directory, checked before any model is loaded (rlvf.rundir.check_run_dir, as `rlvf train`
+    """The run directory, checked before any model is loaded (rlvf.engine.rundir.check_run_dir, as `rlvf train`
     does): a file, an unwritable path or a directory that already holds files is refused in one line."""
     return check_run_dir(Path(template.format(**fields)), key)
 
@@ -178,9 +178,9 @@ def save_final(model, tokenizer, run_dir: Path, results: dict[str, Any]) -> Path
 def task_evaluator(config: Config, registry) -> Callable[[Any, Any], dict[str, float]]:
     """A function (model, tokenizer) -> the [task]'s held-out metrics under [eval] and the reward mix, each
     prefixed `task/` (for `sft.eval_task` and `dpo.eval_task`)."""
-    from rlvf.evaluate import evaluate
-    from rlvf.rewards import mix_from_config
-    from rlvf.tasks import task_from_config
+    from rlvf.api.rewards import mix_from_config
+    from rlvf.api.tasks import task_from_config
+    from rlvf.stages.evaluate import evaluate
 
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)

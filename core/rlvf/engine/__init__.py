@@ -1,0 +1,1 @@
+"""What every stage runs on: run directory, checkpoints, metrics, ranks, executors."""

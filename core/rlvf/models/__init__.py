@@ -1,0 +1,1 @@
+"""Models: names to paths, loading, the completion forward pass, the critic."""

@@ -1,0 +1,1 @@
+"""The training and data stages: RL, SFT, DPO, pairs, evaluation."""

@@ -1,0 +1,1 @@
+"""Helpers around training: plots, tables, plugin scaffold, vLLM install."""
