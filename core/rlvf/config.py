@@ -333,22 +333,81 @@ class JudgeTrainConfig(FinetuneConfig, DatasetSource):
     no: list[str] = ["no"]
     format_weight: float = 1.0  # weight of -log(p(yes) + p(no)) next to the binary loss (1: full-vocabulary CE)
 
-class Config(Section):
+# --- one schema per stage, over a shared base ---
+# A stage validates the sections it reads. A config file may also hold other stages' sections (examples/rlhf/
+# rm.toml serves `rlvf pairs` and `rlvf train-rm`): those are left to their own stage (load_config).
+
+class StageConfig(Section):
+    """What every stage reads: the model, the task and its rewards, sampling and evaluation."""
+
     seed: int = 0
     model: ModelConfig = ModelConfig()
     task: TaskConfig = TaskConfig()
     reward: RewardConfig = RewardConfig()
     sampling: SamplingConfig = SamplingConfig()
     eval: EvalConfig = EvalConfig()
+
+
+class RLConfig(StageConfig):
+    """`rlvf train`."""
+
     algorithm: AlgorithmConfig = AlgorithmConfig()
     critic: CriticConfig = CriticConfig()
     train: TrainConfig = TrainConfig()
+
+
+class SFTStageConfig(StageConfig):
+    """`rlvf sft`."""
+
     sft: SFTConfig = SFTConfig()
-    rm: RMConfig = RMConfig()
-    dpo: DPOConfig = DPOConfig()
+
+
+class PairsStageConfig(StageConfig):
+    """`rlvf pairs`."""
+
     preference: PreferenceConfig = PreferenceConfig()
     pairs: PairsConfig = PairsConfig()
+
+
+class DPOStageConfig(StageConfig):
+    """`rlvf dpo`."""
+
+    preference: PreferenceConfig = PreferenceConfig()
+    dpo: DPOConfig = DPOConfig()
+
+
+class RMStageConfig(StageConfig):
+    """`rlvf train-rm`."""
+
+    preference: PreferenceConfig = PreferenceConfig()
+    rm: RMConfig = RMConfig()
+
+
+class JudgeStageConfig(StageConfig):
+    """`rlvf train-judge`."""
+
     judge: JudgeTrainConfig = JudgeTrainConfig()
+
+
+def combined_schema(schemas: list[type[StageConfig]], name: str = "Config") -> type[StageConfig]:
+    """One schema holding every section of `schemas` (the first schema to declare a section gives its type)."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {}
+    for schema in schemas:
+        for key, field in schema.model_fields.items():
+            fields.setdefault(key, (field.annotation, field))
+    return create_model(name, __base__=Section, **fields)
+
+
+def sections_of(schemas: list[type[BaseModel]]) -> set[str]:
+    """The sections (top-level keys) of some stage schemas: `other_sections` of load_config for a command."""
+    return {key for schema in schemas for key in schema.model_fields}
+
+
+# Every section of the core's stages: what `load_config` validates when no stage is named (library use, tests).
+Config = combined_schema([RLConfig, SFTStageConfig, PairsStageConfig, DPOStageConfig, RMStageConfig,
+                          JudgeStageConfig])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -378,8 +437,12 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                schema: type[BaseModel] = Config) -> BaseModel:
-    """Read a TOML file (or nothing: all defaults), apply overrides, validate against `schema`."""
+                schema: type[BaseModel] = Config, other_sections: set[str] | frozenset[str] = frozenset()
+                ) -> BaseModel:
+    """Read a TOML file (or nothing: all defaults), apply overrides, validate against `schema`.
+
+    `other_sections`: sections of other stages that the file may hold; they are dropped unread (their stage
+    validates them). A section no stage knows is an error, as is any unknown key in `schema`'s sections."""
     data: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
@@ -390,13 +453,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"config file {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    config = _validate(schema, data, source)
+    ignored = set(other_sections) - set(schema.model_fields)
+    config = _validate(schema, _without(data, ignored), source)
     if overrides:
         # Overrides apply to the validated file, so `reward.mix.math.weight=2` works on `math = 1.0` too; keys the
         # file did not set stay unset, so `algorithm.preset=ppo` sets what the preset sets.
         data = apply_overrides(config.model_dump(exclude_unset=True), overrides)
-        config = _validate(schema, data, source + " + command-line overrides")
+        config = _validate(schema, _without(data, ignored), source + " + command-line overrides")
     return config
+
+
+def _without(data: dict[str, Any], sections: set[str]) -> dict[str, Any]:
+    return {key: value for key, value in data.items() if key not in sections or not isinstance(value, dict)}
 
 
 def _validate(schema: type[BaseModel], data: dict[str, Any], source: str) -> BaseModel:

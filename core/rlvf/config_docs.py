@@ -1,10 +1,12 @@
 """The config schema as people read it: the reference page (examples/CONFIG.md), a commented starter config
 (`rlvf init`) and a resolved config printed as TOML (`rlvf config`). Each key's description is the comment
-written next to it (or just above it) in rlvf/config.py, so the schema stays the one place to document it."""
+written next to it (or just above it) in the module that declares its section (rlvf/config.py, or a plugin's),
+so the schema stays the one place to document it."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import tokenize
 import types
@@ -15,17 +17,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlvf import config as config_module
-from rlvf.config import Config
+from rlvf.config import Config, RLConfig
 
 REFERENCE_FILE = "examples/CONFIG.md"
 
 
 @cache
-def field_comments() -> dict[tuple[str, str], str]:
+def field_comments(module_file: str) -> dict[tuple[str, str], str]:
     """(class name, field name) -> the comment on the field's line and the comment lines that continue it, or
-    else the comment block just above it."""
-    source = Path(config_module.__file__).read_text()
+    else the comment block just above it, for the classes of one module's source file."""
+    source = Path(module_file).read_text()
     comments: dict[int, str] = {}
     continued: set[int] = set()  # comment lines aligned under the one before: `#       more of it`
     for token in tokenize.generate_tokens(io.StringIO(source).readline):
@@ -99,37 +100,46 @@ def _sections(schema: type[BaseModel] = Config, prefix: str = "") -> list[tuple[
     return found
 
 
-def _owner(schema: type[BaseModel], field: str) -> str:
+def _owner(schema: type[BaseModel], field: str) -> type:
     """The class that declares `field` (a section may inherit it, e.g. [sft] from DatasetSource)."""
     for klass in schema.__mro__:
         if field in getattr(klass, "__annotations__", {}):
-            return klass.__name__
-    return schema.__name__
+            return klass
+    return schema
+
+
+def field_comment(schema: type[BaseModel], field: str) -> str:
+    """What the schema's source says of `field`: its comment (see field_comments)."""
+    owner = _owner(schema, field)
+    try:
+        source = inspect.getsourcefile(owner)
+    except TypeError:  # a class made at run time (config.combined_schema) has no source
+        return ""
+    return field_comments(source).get((owner.__name__, field), "") if source else ""
 
 
 def _is_section(annotation: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, BaseModel)
 
 
-def reference_markdown() -> str:
-    """Every key of the config: its type, default and what it does, one line each."""
-    comments = field_comments()
+def reference_markdown(schema: type[BaseModel] = Config) -> str:
+    """Every key of the config (of every stage `schema` combines): type, default and what it does, one line each."""
     out = ["# Config reference", "",
            "Every key of an rlvf TOML config, generated from `core/rlvf/config.py` (`rlvf config --reference`;",
            "a test keeps this file in step). Any key can be overridden on the command line: `section.key=value`.",
            ""]
-    for dotted, schema in _sections():
-        doc = (schema.__doc__ or "").strip()
+    for dotted, section in _sections(schema):
+        doc = (section.__doc__ or "").strip()
         out.append(f"## `[{dotted}]`" if dotted else "## top level")
         out.append("")
-        if doc and schema.__doc__ != BaseModel.__doc__ and not doc.startswith("Usage docs"):
+        if doc and section.__doc__ != BaseModel.__doc__ and not doc.startswith("Usage docs"):
             out += [" ".join(doc.split()), ""]
         out += ["| key | type | default | description |", "|---|---|---|---|"]
-        for name, field in schema.model_fields.items():
+        for name, field in section.model_fields.items():
             if _is_section(field.annotation):
                 continue
             default = "none" if field.default is None else toml_value(field.default)
-            description = comments.get((_owner(schema, name), name), "").replace("|", "\\|")
+            description = field_comment(section, name).replace("|", "\\|")
             out.append(f"| `{name}` | {type_name(field.annotation)} | `{default}` | {description} |")
         out.append("")
     return "\n".join(out)
@@ -137,7 +147,6 @@ def reference_markdown() -> str:
 
 def to_toml(data: dict[str, Any], schema: type[BaseModel] = Config, comments: bool = False) -> str:
     """A config (as `model_dump()` gives it) as TOML; a key that is none is written as a comment."""
-    notes = field_comments() if comments else {}
     lines: list[str] = []
 
     def emit(section: dict[str, Any], model: type[BaseModel], dotted: str) -> None:
@@ -147,7 +156,7 @@ def to_toml(data: dict[str, Any], schema: type[BaseModel] = Config, comments: bo
             if field is not None and _is_section(field.annotation):
                 subsections.append((name, value, field.annotation))
                 continue
-            note = notes.get((_owner(model, name), name), "") if field is not None else ""
+            note = field_comment(model, name) if comments and field is not None else ""
             if comments and note:
                 values.append(f"# {note}")
             values.append(f"# {name} = (none)" if value is None else f"{_key(name)} = {toml_value(value)}")
@@ -162,17 +171,12 @@ def to_toml(data: dict[str, Any], schema: type[BaseModel] = Config, comments: bo
     return "\n".join(lines).lstrip("\n") + "\n"
 
 
-# The sections a starter config shows (the RL run's); the others keep their defaults until a stage needs them.
-STARTER_SECTIONS = ("model", "task", "reward", "sampling", "algorithm", "train", "eval")
-
-
 def starter_config(task: str, default_rewards: dict[str, float]) -> str:
-    """A commented config for `rlvf train` on `task`: every key of the RL run's sections at its default."""
-    config = Config.model_validate({"task": {"name": task}})
-    data = config.model_dump()
+    """A commented config for `rlvf train` on `task`: every key of the RL run's sections (RLConfig) at its
+    default."""
+    data = RLConfig.model_validate({"task": {"name": task}}).model_dump()
     data["reward"]["mix"] = {name: {"weight": weight} for name, weight in default_rewards.items()}
-    kept = {key: value for key, value in data.items() if key in ("seed", *STARTER_SECTIONS)}
     header = (f"# rlvf starter config for the task '{task}' (written by `rlvf init {task}`).\n"
               f"# Run it with `rlvf train THIS_FILE`; every key is listed in {REFERENCE_FILE}\n"
               "# (`rlvf config --reference`). Delete what you do not change: a missing key takes its default.\n\n")
-    return header + to_toml(kept, comments=True)
+    return header + to_toml(data, RLConfig, comments=True)
