@@ -319,7 +319,8 @@ def _run_stage(args, run, summary, saved_as: str) -> None:
     from rlvf.config import load_config
 
     _require_a_config(args)
-    results = run(load_config(args.config, args.overrides), _registry())
+    results = run(load_config(args.config, args.overrides), _registry(), resume=args.resume or args.force_resume,
+                  force_resume=args.force_resume)
     print("\n".join(summary(results)))
     _print_before_after(results, [f"{saved_as}: {results['final_model']}"])
 
@@ -449,6 +450,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--defaults", action="store_true", help="run on every default when no config is given")
         return sub
 
+    def add_resume(sub, key):
+        sub.add_argument("--resume", action="store_true", help=f"continue from the last good checkpoint in {key}")
+        sub.add_argument("--force-resume", action="store_true",
+                         help="with --resume: continue although the config differs from the run's config.json")
+
     sub = add("plugins", cmd_plugins, "list installed plugins and what they provide")
     sub.add_argument("--json", action="store_true")
     sub = add("rewards", cmd_rewards, "list available rewards with their options")
@@ -481,9 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub = add_stage("train", cmd_train, "train a policy with RL (GRPO and friends) on a task and a reward mix",
                     "TOML config (`rlvf init` writes one)", "dotted overrides, e.g. train.lr=1e-6 train.steps=50")
-    sub.add_argument("--resume", action="store_true", help="continue from the last good checkpoint in train.output_dir")
-    sub.add_argument("--force-resume", action="store_true",
-                     help="with --resume: continue although the config differs from the run's config.json")
+    add_resume(sub, "train.output_dir")
     sub.add_argument("--dry-run", action="store_true",
                      help="print the resolved config and what would run (task rows, rewards, model), then stop")
 
@@ -497,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_stage("train-judge", cmd_train_judge, "train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows",
               "TOML config ([model], [judge]; [task] and [reward] to generate rows)",
               "dotted overrides, e.g. judge.lr=1e-5 judge.rows.n=8")
+    for name, section in (("sft", "sft"), ("train-rm", "rm"), ("dpo", "dpo"), ("train-judge", "judge")):
+        add_resume(parser.commands[name], f"{section}.output_dir")
 
     sub = add("init", cmd_init, "write a commented starter config for `rlvf train` on a task")
     sub.add_argument("task", nargs="?", default="arithmetic", help="a task name (`rlvf tasks` lists them)")

@@ -245,6 +245,8 @@ class FinetuneConfig(Section):
     gradient_checkpointing: bool = False
     eval_limit: int | None = 200  # held-out examples evaluated; none: all
     eval_every: int = 0  # optimiser steps between held-out evaluations (0: only before and after)
+    save_every: int = 50  # optimiser steps between checkpoints, for --resume (0: none, a killed run starts over)
+    keep_checkpoints: int = 2  # the newest N checkpoints are kept (0: all)
     output_dir: str = "runs/finetune"  # metrics.jsonl, results.json and the final HF model in final/
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl"]
     _check_report_to = field_validator("report_to")(_loggers_installed)

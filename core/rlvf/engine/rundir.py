@@ -110,13 +110,14 @@ def write_run_config(directory: Path, config: dict[str, Any]) -> None:
     staging.replace(path)
 
 
-def check_resume_config(directory: Path, current: dict[str, Any], force: bool) -> list[tuple[str, Any, Any]]:
-    """Refuse a resume whose training-relevant config differs from the saved one (unless `force`); returns
-    the differences (empty if none, or if the run saved no config)."""
+def check_resume_config(directory: Path, current: dict[str, Any], force: bool,
+                        allowed: tuple[str, ...] = RESUMABLE_KEYS) -> list[tuple[str, Any, Any]]:
+    """Refuse a resume whose training-relevant config (all but the `allowed` keys) differs from the saved one
+    (unless `force`); returns the differences (empty if none, or if the run saved no config)."""
     saved = read_run_config(directory)
     if saved is None:
         return []
-    differences = config_differences(saved, current)
+    differences = config_differences(saved, current, allowed)
     if differences and not force:
         listed = ", ".join(f"{name}: {json.dumps(old, default=str)} -> {json.dumps(new, default=str)}"
                            for name, old, new in differences)

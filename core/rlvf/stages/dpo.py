@@ -142,7 +142,7 @@ def sampled_kl(policy, reference, tokenizer, prompts: list[Any], max_new_tokens:
     return {"kl": total / len(prompt_ids), "kl_per_token": total / max(tokens, 1)}
 
 
-def run_dpo(config: Config, registry) -> dict[str, Any]:
+def run_dpo(config: Config, registry, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
     d = config.dpo
     check_batching(d, "dpo")
     if d.beta <= 0:
@@ -152,7 +152,7 @@ def run_dpo(config: Config, registry) -> dict[str, Any]:
     eval_pairs = load_pairs(config.preference, "eval", seed=config.seed)[: d.eval_limit]
     if not train_pairs:
         raise ConfigError(f"preference.dataset {config.preference.dataset} has no training pairs")
-    run_dir = prepare_output_dir(d.output_dir, "dpo.output_dir")
+    run_dir = prepare_output_dir(d.output_dir, "dpo.output_dir", config, resume=resume, force_resume=force_resume)
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
     model, tokenizer, pad = policy.model, policy.tokenizer, policy.tokenizer.pad_token_id
@@ -160,7 +160,8 @@ def run_dpo(config: Config, registry) -> dict[str, Any]:
     held_out = encode_pair_examples(tokenizer, eval_pairs, d.max_length)
     reference = load_policy(config.model, path=d.reference).model if d.reference else model
     # Held-out pairs in the chunks the evaluation uses: the same padding, so before training every implicit
-    # reward there is exactly 0.
+    # reward there is exactly 0. Before train_loop: a resumed run loads its checkpoint's weights there, and its
+    # reference is still the initial policy.
     for examples in (train, held_out):
         precompute_reference(reference, examples, pad, d.micro_batch_size)
     if reference is not model:
@@ -196,7 +197,8 @@ def run_dpo(config: Config, registry) -> dict[str, Any]:
                           batch_size=d.micro_batch_size)
 
     results = train_loop(model, train, pair_stats, evaluate, d, run_dir, config.seed, desc="dpo",
-                         logged_config=config.model_dump(), finish_fn=kl_to_reference if d.kl_prompts > 0 else None)
+                         logged_config=config.model_dump(), finish_fn=kl_to_reference if d.kl_prompts > 0 else None,
+                         resume=resume)
     if d.kl_prompts > 0 and not d.reference:
         results["before"] |= {"kl": 0.0, "kl_per_token": 0.0}  # the policy before training is the reference
     results["train_pairs"], results["eval_pairs"] = len(train), len(held_out)

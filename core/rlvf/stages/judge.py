@@ -290,7 +290,7 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
 
 # --- rlvf train-judge ---
 
-def run_train_judge(config, registry=None) -> dict[str, Any]:
+def run_train_judge(config, registry=None, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
     """Train [model] as a judge on `judge.dataset` rows (or rows generated from the [task]); report held-out
     AUC, accuracy and loss before and after; save the judge as a HF directory in `judge.output_dir`/final."""
     import torch
@@ -301,7 +301,8 @@ def run_train_judge(config, registry=None) -> dict[str, Any]:
 
     j = config.judge
     check_batching(j, "judge")
-    run_dir = prepare_output_dir(j.output_dir, "judge.output_dir")
+    run_dir = prepare_output_dir(j.output_dir, "judge.output_dir", config, resume=resume,
+                                 force_resume=force_resume)
     generated: dict[str, float] = {}
     if j.dataset:
         train_rows = load_judge_rows(j, "train", seed=config.seed)
@@ -366,7 +367,7 @@ def run_train_judge(config, registry=None) -> dict[str, Any]:
         return metrics
 
     results = train_loop(model, train, loss_fn, evaluate, j, run_dir, config.seed, desc="train-judge",
-                         logged_config=config.model_dump())
+                         logged_config=config.model_dump(), resume=resume)
     results |= {"train_rows": len(train), "eval_rows": len(held_out),
                 "train_positive": sum(e["label"] for e in train), "eval_positive": sum(e["label"] for e in held_out),
                 "generated": generated}

@@ -135,14 +135,15 @@ def encode_pairs(tokenizer, pairs: list[dict[str, Any]], max_length: int, margin
     return out
 
 
-def run_train_rm(config: Config, registry=None) -> dict[str, Any]:
+def run_train_rm(config: Config, registry=None, *, resume: bool = False, force_resume: bool = False
+                 ) -> dict[str, Any]:
     r = config.rm
     check_batching(r, "rm")
     train_pairs = load_pairs(config.preference, "train", seed=config.seed)
     eval_pairs = load_pairs(config.preference, "eval", seed=config.seed)[: r.eval_limit]
     if not train_pairs:
         raise ConfigError(f"preference.dataset {config.preference.dataset} has no training pairs")
-    run_dir = prepare_output_dir(r.output_dir, "rm.output_dir")
+    run_dir = prepare_output_dir(r.output_dir, "rm.output_dir", config, resume=resume, force_resume=force_resume)
     torch.manual_seed(config.seed)  # the fresh score head
     model, tokenizer = load_reward_model(resolve_model(config.model.name), config.model.dtype, from_causal_lm=True)
     pad = tokenizer.pad_token_id
@@ -168,7 +169,7 @@ def run_train_rm(config: Config, registry=None) -> dict[str, Any]:
         return {"loss": float(loss), **{k: v / len(held_out) for k, v in pair_metrics(chosen, rejected).items()}}
 
     results = train_loop(model, train, loss_fn, evaluate, r, run_dir, config.seed, desc="train-rm",
-                         logged_config=config.model_dump())
+                         logged_config=config.model_dump(), resume=resume)
     results["train_pairs"], results["eval_pairs"] = len(train), len(held_out)
     save_final(model, tokenizer, run_dir, results)
     return results

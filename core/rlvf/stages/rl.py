@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,15 +26,20 @@ from rlvf import algorithms
 from rlvf.api.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
 from rlvf.api.tasks import Task, task_from_config
 from rlvf.config import Config
+from rlvf.engine.checkpoint import (
+    check_resume,
+    latest_checkpoint,
+    load_part,
+    load_weights,
+    restore_rng,
+    save_checkpoint,
+    say_resuming,
+)
+from rlvf.engine.data import indices_at
 from rlvf.engine.distributed import init_distributed
 from rlvf.engine.metrics import MetricsLogger, read_metrics
-from rlvf.engine.rundir import (
-    check_resume_config,
-    check_run_dir,
-    checkpoint_problem,
-    write_manifest,
-    write_run_config,
-)
+from rlvf.engine.optim import adamw_with_schedule
+from rlvf.engine.rundir import check_run_dir, write_run_config
 from rlvf.errors import ConfigError
 from rlvf.models.critic import Critic, build_critic
 from rlvf.models.loading import encode_prompts, load_policy
@@ -313,9 +316,7 @@ class Trainer:
         self.value_forward = None
         if self.critic is not None and not self.critic.shares_policy:
             self.value_forward = self.dist.wrap(ValueForward(self.critic))
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.train.lr,
-                                           weight_decay=config.train.weight_decay, betas=config.train.adam_betas)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.optimizer, self.scheduler = self._optimizer(self.model.parameters(), config.train.lr)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self.last_checkpoint: int | None = None  # the step of the last checkpoint saved or resumed from
@@ -341,11 +342,7 @@ class Trainer:
             raise ConfigError("train.log_completions_every must be 0 (off) or more")
         check_run_dir(self.output_dir, "train.output_dir", resume=resume, command="--resume")  # on every rank
         if resume:
-            differences = check_resume_config(self.output_dir, self.config.model_dump(mode="json"), force_resume)
-            if differences and self.dist.is_main:
-                print(f"--force-resume: {self.output_dir} continues with "
-                      + ", ".join(f"{name} = {json.dumps(new, default=str)} (was {json.dumps(old, default=str)})"
-                                  for name, old, new in differences), file=sys.stderr, flush=True)
+            check_resume(self.output_dir, self.config.model_dump(mode="json"), force_resume, say=self.dist.is_main)
 
     def _check_algorithm(self) -> None:
         a = self.config.algorithm
@@ -378,11 +375,9 @@ class Trainer:
         self.critic: Critic | None = None
         if not algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[self.config.algorithm.advantage], "needs_values"):
             return
-        c, t = self.config.critic, self.config.train
+        c = self.config.critic
         self.critic = build_critic(c, self.model, vocab_size=len(self.tokenizer))
-        self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=c.lr, weight_decay=t.weight_decay,
-                                                  betas=t.adam_betas)
-        self.critic_scheduler = torch.optim.lr_scheduler.LambdaLR(self.critic_optimizer, self._lr_factor)
+        self.critic_optimizer, self.critic_scheduler = self._optimizer(self.critic.parameters(), c.lr)
 
     def critic_values(self, rollout: Rollout) -> torch.Tensor:
         """V [B, T] of the states before each completion token, from the critic's decoder (or the policy's)."""
@@ -393,17 +388,13 @@ class Trainer:
         batch = t.prompts_per_step * t.group_size
         return t.epochs * (batch // (t.mini_batch_size or batch))
 
-    def _lr_factor(self, optimizer_step: int) -> float:
+    def _optimizer(self, parameters, lr: float):
+        """AdamW and its schedule (rlvf.engine.optim) over every optimiser step of the run, for the policy or the
+        critic."""
         t = self.config.train
-        total = max(t.steps * self._optimizer_steps_per_step(), 1)
-        if optimizer_step < t.warmup_steps:
-            return (optimizer_step + 1) / t.warmup_steps
-        progress = (optimizer_step - t.warmup_steps) / max(total - t.warmup_steps, 1)
-        if t.lr_schedule == "linear":
-            return max(0.0, 1 - progress)
-        if t.lr_schedule == "cosine":
-            return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        return 1.0
+        return adamw_with_schedule(parameters, lr=lr, weight_decay=t.weight_decay, betas=t.adam_betas,
+                                   total=max(t.steps * self._optimizer_steps_per_step(), 1), warmup=t.warmup_steps,
+                                   schedule=t.lr_schedule)
 
     # --- data ---
 
@@ -411,20 +402,7 @@ class Trainer:
         """The rows of a step: a seeded shuffle per pass over the data, so any step's prompts are known
         from (seed, step) alone and a resumed run sees exactly what an uninterrupted one does."""
         n, rows = self.config.train.prompts_per_step, self.train_rows
-        picked = []
-        for position in range(step * n, (step + 1) * n):
-            epoch, index = divmod(position, len(rows))
-            order = self._epoch_order(epoch)
-            picked.append(rows[order[index]])
-        return picked
-
-    def _epoch_order(self, epoch: int) -> list[int]:
-        cache = getattr(self, "_order_cache", None)
-        if cache is None or cache[0] != epoch:
-            order = list(range(len(self.train_rows)))
-            random.Random(self.config.seed * 1_000_003 + epoch).shuffle(order)
-            self._order_cache = (epoch, order)
-        return self._order_cache[1]
+        return [rows[i] for i in indices_at(self.config.seed, len(rows), step * n, (step + 1) * n)]
 
     # --- one step ---
 
@@ -762,158 +740,74 @@ class Trainer:
     def _parameter_names(self) -> list[str]:
         return [name for name, _ in self.model.named_parameters()]  # the optimizer's order
 
+    def _full_policy_weights(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP the policy's full weights, gathered from the shards (all ranks call this; rank 0 gets them),
+        its own keys only (a tied LM head once, as save_pretrained saves it); None: the model holds them whole."""
+        full = self.dist.full_state(self.policy_forward, prefix="policy.")
+        if full is None or not self.dist.is_main:
+            return None
+        own = set(self._parameter_names()) | {name for name, _ in self.model.named_buffers()}
+        return {key: value for key, value in full.items() if key in own}
+
     def _save_policy(self, directory: Path) -> None:
         """The policy's full weights and tokenizer as a HF directory, written by rank 0 (all ranks call this)."""
-        full = self.dist.full_state(self.policy_forward, prefix="policy.")  # FSDP: gathered from the shards
+        full = self._full_policy_weights()
         if not self.dist.is_main:
             return
-        if full is not None:  # the model's own keys (a tied LM head is saved once, as save_pretrained does)
-            own = set(self._parameter_names()) | {name for name, _ in self.model.named_buffers()}
-            full = {key: value for key, value in full.items() if key in own}
         self.model.save_pretrained(directory, **({} if full is None else {"state_dict": full}))
         self.tokenizer.save_pretrained(directory)
 
     def save_checkpoint(self) -> Path:
-        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it.
-
-        Written into a staging directory, read back and closed by its manifest (rlvf.engine.rundir.write_manifest),
-        then renamed into place: a kill or Ctrl-C at any moment leaves the previous checkpoints as they were."""
-        checkpoints = self.output_dir / "checkpoints"
-        target = checkpoints / f"step-{self.step:06d}"
-        staging = checkpoints / f".writing-{self.step:06d}"
+        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it
+        (rlvf.engine.checkpoint: a kill or Ctrl-C at any moment leaves the previous checkpoints as they were)."""
         optimizer_state = (self.dist.full_optimizer_state(self.policy_forward, self.optimizer, self._parameter_names(),
                                                           prefix="policy.")
                            if self.dist.fsdp else self.optimizer.state_dict())
-        if self.dist.is_main:
-            for leftover in checkpoints.glob(".writing-*"):  # of a run killed while writing
-                shutil.rmtree(leftover, ignore_errors=True)
-            staging.mkdir(parents=True)
-        self._save_policy(staging)
-        if not self.dist.is_main:
-            self.dist.barrier()  # rank 0 writes the rest
-            return target
-        torch.save({
-            "step": self.step,
-            "data_position": self.step * self.config.train.prompts_per_step,
-            "optimizer": optimizer_state,
-            "scheduler": self.scheduler.state_dict(),
-            "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
-            **({} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
-                                               "critic_scheduler": self.critic_scheduler.state_dict()}),
-        }, staging / "trainer_state.pt")
-        required = ["trainer_state.pt", "config.json"]
-        if self.critic is not None:  # its own folder: the top level holds the policy's weights only
-            from safetensors.torch import save_model
-
-            (staging / "critic").mkdir()
-            save_model(self.critic, str(staging / "critic" / "critic.safetensors"))
-            required.append("critic/critic.safetensors")
-        if not list(staging.glob("*.safetensors")):
-            raise OSError(f"{staging}: the policy's weights were not written")
-        write_manifest(staging, self.step, required)
-        # Checkpoints after this step are left from an earlier attempt (the run resumed before them, so they
-        # were damaged): this run rewrites them.
-        for stale in checkpoints.glob("step-*"):
-            if int(stale.name.split("-")[1]) >= self.step:
-                shutil.rmtree(stale)
-        staging.rename(target)  # a checkpoint exists whole or not at all, even if the run is killed here
+        weights = self._full_policy_weights()
+        target = self.output_dir / "checkpoints" / f"step-{self.step:06d}"
+        if self.dist.is_main:  # rank 0 writes it
+            critic = {} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
+                                                     "critic_scheduler": self.critic_scheduler.state_dict()}
+            target = save_checkpoint(self.output_dir, self.step, self.model, optimizer_state=optimizer_state,
+                                     scheduler_state=self.scheduler.state_dict(),
+                                     data_position=self.step * self.config.train.prompts_per_step,
+                                     keep=self.config.train.keep_checkpoints, weights=weights,
+                                     tokenizer=self.tokenizer, state=critic,
+                                     parts=None if self.critic is None else {"critic": self.critic})
         self.last_checkpoint = self.step
-        keep = self.config.train.keep_checkpoints
-        if keep:  # 0: keep all
-            for old in sorted(checkpoints.glob("step-*"))[:-keep]:
-                shutil.rmtree(old)
         self.dist.barrier()
         return target
 
-    def _read_checkpoint(self, directory: Path) -> tuple[dict, dict, dict | None]:
-        """(policy weights, trainer state, critic weights or None) of a checkpoint; a DamagedCheckpoint names
-        the file that fails its manifest or cannot be read."""
-        from safetensors.torch import load_file
-
-        problem = checkpoint_problem(directory)
-        if problem:
-            raise DamagedCheckpoint(problem)
-        weights: dict = {}
-        name = "trainer_state.pt"
-        try:
-            shards = sorted(directory.glob("*.safetensors"))
-            if not shards:
-                raise DamagedCheckpoint("no *.safetensors weights")
-            for shard in shards:
-                name = shard.name
-                weights |= load_file(shard)
-            name = "trainer_state.pt"
-            state = torch.load(directory / name, weights_only=False)
-            critic = None
-            if (directory / "critic" / "critic.safetensors").is_file():
-                name = "critic/critic.safetensors"
-                critic = load_file(directory / name)
-        except DamagedCheckpoint:
-            raise
-        except Exception as exc:  # whatever a broken file raises, it is named in one line
-            reason = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable, {type(exc).__name__}"
-            raise DamagedCheckpoint(f"{name}: {reason}") from None
-        return weights, state, critic
-
     def _load_checkpoint(self) -> None:
         """Resume from the newest checkpoint that is whole; damaged ones are named and skipped."""
-        say = self.dist.is_main
-        checkpoints = sorted((self.output_dir / "checkpoints").glob("step-*"), reverse=True)
-        if not checkpoints:  # nothing saved yet: start from the beginning
-            if say:
-                print(f"--resume: no checkpoint in {self.output_dir}: starting fresh", file=sys.stderr, flush=True)
+        checkpoint = latest_checkpoint(self.output_dir, "train.output_dir", say=self.dist.is_main)
+        if checkpoint is None:
             return
-        damaged: list[str] = []
-        for latest in checkpoints:
-            try:
-                weights, state, critic_weights = self._read_checkpoint(latest)
-                break
-            except DamagedCheckpoint as exc:
-                damaged.append(f"{latest.name} ({exc})")
-        else:
-            raise ConfigError(f"no checkpoint in {self.output_dir / 'checkpoints'} is usable: {'; '.join(damaged)}: "
-                              "remove the directory to start over, or set train.output_dir to a new one")
+        weights, state = checkpoint.weights, checkpoint.state
         if self.dist.fsdp:  # every rank reads the full weights and keeps its shards
             own = set(self._parameter_names())
             if [k for k in own if k not in weights and "lm_head" not in k]:
-                raise ConfigError(f"checkpoint {latest} does not fit the model: missing "
+                raise ConfigError(f"checkpoint {checkpoint.directory} does not fit the model: missing "
                                   f"{sorted(k for k in own if k not in weights)}")
             self.dist.load_full_state(self.policy_forward, weights, prefix="policy.")
-        else:
-            missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
-                raise ConfigError(f"checkpoint {latest} does not fit the model: missing {missing}, "
-                                  f"unexpected {unexpected}")
-        if self.dist.fsdp:
             self.dist.load_full_optimizer_state(self.policy_forward, self.optimizer, state["optimizer"],
                                                 self._parameter_names(), prefix="policy.")
         else:
+            load_weights(self.model, checkpoint)
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.critic is not None:
-            if critic_weights is None or "critic_optimizer" not in state:
-                raise ConfigError(f"checkpoint {latest} has no critic, but '{self.config.algorithm.advantage}' "
-                                  "needs one: it was written by a run of another algorithm")
-            from safetensors.torch import load_model
-
-            del critic_weights  # read to check it; load_model restores weights shared within the critic
-            load_model(self.critic, str(latest / "critic" / "critic.safetensors"))
+            if "critic" not in checkpoint.parts or "critic_optimizer" not in state:
+                raise ConfigError(f"checkpoint {checkpoint.directory} has no critic, but "
+                                  f"'{self.config.algorithm.advantage}' needs one: it was written by a run of another "
+                                  "algorithm")
+            load_part(self.critic, checkpoint, "critic")
             self.critic_optimizer.load_state_dict(state["critic_optimizer"])
             self.critic_scheduler.load_state_dict(state["critic_scheduler"])
-        random.setstate(state["rng"]["python"])
-        torch.set_rng_state(state["rng"]["torch"])
-        self.step = self.last_checkpoint = state["step"]
-        if say:
-            if damaged:
-                print(f"checkpoint {damaged[0].replace(' (', ' is damaged (', 1)}; resuming from {latest.name}"
-                      if len(damaged) == 1 else f"checkpoints {', '.join(damaged)} are damaged; resuming from "
-                      f"{latest.name}", file=sys.stderr, flush=True)
-            print(f"resuming {self.output_dir} from step {self.step} of {self.config.train.steps}", file=sys.stderr,
-                  flush=True)
-
-
-class DamagedCheckpoint(Exception):
-    """A checkpoint file fails its manifest or cannot be read; the message names it and why."""
+        restore_rng(checkpoint)
+        self.step = self.last_checkpoint = checkpoint.step
+        if self.dist.is_main:
+            say_resuming(self.output_dir, checkpoint, self.config.train.steps)
 
 
 def _progress(total: int, initial: int, enabled: bool):

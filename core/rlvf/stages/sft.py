@@ -137,14 +137,14 @@ def completion_nll(model, examples: list[SFTExample], pad_id: int, packing: bool
     return nll, int(predicting.sum())
 
 
-def run_sft(config: Config, registry) -> dict[str, Any]:
+def run_sft(config: Config, registry, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
     s = config.sft
     check_batching(s, "sft")
     task_eval = task_evaluator(config, registry) if s.eval_task else None
     train_rows, eval_rows = demonstrations(config, registry, "train"), demonstrations(config, registry, "eval")
     if not train_rows:
         raise ConfigError("[sft]: no training demonstrations")
-    run_dir = prepare_output_dir(s.output_dir, "sft.output_dir")
+    run_dir = prepare_output_dir(s.output_dir, "sft.output_dir", config, resume=resume, force_resume=force_resume)
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
     model, tokenizer = policy.model, policy.tokenizer
@@ -169,7 +169,8 @@ def run_sft(config: Config, registry) -> dict[str, Any]:
         return metrics
 
     results = train_loop(model, train, loss_fn, evaluate, s, run_dir, config.seed,
-                         weight=lambda e: len(e.completion_ids), desc="sft", logged_config=config.model_dump())
+                         weight=lambda e: len(e.completion_ids), desc="sft", logged_config=config.model_dump(),
+                         resume=resume)
     results["train_examples"], results["eval_examples"] = len(train), len(held_out)
     save_final(model, tokenizer, run_dir, results)
     return results

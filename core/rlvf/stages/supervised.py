@@ -1,5 +1,6 @@
-"""What the supervised stages share (`rlvf sft`, `rlvf train-rm`, `rlvf dpo`): encoding a prompt and its
-completion the way the sampler does, and one optimisation loop with held-out evaluation before and after.
+"""What the supervised stages share (`rlvf sft`, `rlvf train-rm`, `rlvf dpo`, `rlvf train-judge`): encoding a
+prompt and its completion the way the sampler does, and one optimisation loop with held-out evaluation before
+and after, checkpoints every `save_every` optimiser steps and `--resume` (rlvf.engine.checkpoint).
 
 The loop knows nothing of the stage: it gets examples, a `loss_fn(micro_batch) -> (summed loss, summed
 stats)` and a `weight(example)` (how many loss terms an example holds: its completion tokens for SFT, 1 for
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import random
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,16 +21,39 @@ import torch
 
 from rlvf.api.text import completion_text
 from rlvf.config import Config, FinetuneConfig
-from rlvf.engine.metrics import MetricsLogger
-from rlvf.engine.rundir import check_run_dir
+from rlvf.engine.checkpoint import check_resume, latest_checkpoint, restore, save_checkpoint, say_resuming
+from rlvf.engine.data import indices_at
+from rlvf.engine.metrics import MetricsLogger, read_metrics
+from rlvf.engine.optim import adamw_with_schedule
+from rlvf.engine.rundir import RESULTS_FILE, check_run_dir, write_run_config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
 
+# The sections of the supervised stages: on --resume of one, the others' keys may differ (it does not read them).
+SUPERVISED_SECTIONS = ("sft", "rm", "dpo", "judge")
+# Keys of a supervised stage's own section that may differ on --resume: how long to train, how often to
+# save/evaluate/log, where to report.
+RESUMABLE_OWN_KEYS = ("epochs", "max_steps", "save_every", "keep_checkpoints", "eval_every", "report_to", "progress",
+                      "output_dir")
 
-def prepare_output_dir(template: str, key: str, **fields: str) -> Path:
+
+def resumable_keys(section: str) -> tuple[str, ...]:
+    """What may differ on --resume of the stage of `section`: its own RESUMABLE_OWN_KEYS, `rlvf train`'s sections,
+    the other supervised stages' sections and [eval] (as `rlvf train` allows)."""
+    others = tuple(f"{name}." for name in SUPERVISED_SECTIONS if name != section)
+    return (*(f"{section}.{key}" for key in RESUMABLE_OWN_KEYS), *others, "train.", "algorithm.", "critic.", "eval.")
+
+
+def prepare_output_dir(template: str, key: str, config=None, *, resume: bool = False, force_resume: bool = False,
+                       **fields: str) -> Path:
     """The run directory, checked before any model is loaded (rlvf.engine.rundir.check_run_dir, as `rlvf train`
-    does): a file, an unwritable path or a directory that already holds files is refused in one line."""
-    return check_run_dir(Path(template.format(**fields)), key)
+    does): a file, an unwritable path or a directory that already holds files (unless `resume`) is refused in
+    one line. On `resume`, the run must have been started with the same `config` (its training keys), or
+    `force_resume`."""
+    directory = check_run_dir(Path(template.format(**fields)), key, resume=resume, command="--resume")
+    if resume and config is not None:
+        check_resume(directory, config.model_dump(mode="json"), force_resume, resumable_keys(key.split(".")[0]))
+    return directory
 
 
 def encode_completion(tokenizer, completion: Any) -> list[int]:
@@ -54,39 +78,18 @@ def fit_length(prompt_ids: list[int], completion_ids: list[int], max_length: int
     return prompt_ids, completion_ids[: max(max_length - len(prompt_ids), 1)]
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Multiplier of the learning rate at optimiser step `step` of `total`: linear warm-up, then constant,
-    linear decay to 0 or cosine decay to 0."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return 1.0
-
-
 def total_steps(config: FinetuneConfig, n_examples: int) -> int:
     return config.max_steps if config.max_steps is not None else math.ceil(config.epochs * n_examples /
                                                                            config.batch_size)
 
 
-def batches(n_examples: int, config: FinetuneConfig, seed: int):
-    """Index lists of the optimiser steps: a seeded reshuffle per pass, batches running across passes."""
+def batches(n_examples: int, config: FinetuneConfig, seed: int, start: int = 0):
+    """Index lists of the optimiser steps after `start` (rlvf.engine.data: a seeded reshuffle per pass, batches
+    running across passes), so a resumed run reads what an uninterrupted one does."""
     steps = total_steps(config, n_examples)
     end = steps * config.batch_size if config.max_steps is not None else config.epochs * n_examples
-    orders: dict[int, list[int]] = {}
-    for step in range(steps):
-        picked = []
-        for position in range(step * config.batch_size, min((step + 1) * config.batch_size, end)):
-            epoch, index = divmod(position, n_examples)
-            if epoch not in orders:
-                order = list(range(n_examples))
-                random.Random(seed * 1_000_003 + epoch).shuffle(order)
-                orders = {epoch: order}
-            picked.append(orders[epoch][index])
-        yield picked
+    for step in range(start, steps):
+        yield indices_at(seed, n_examples, step * config.batch_size, min((step + 1) * config.batch_size, end))
 
 
 def check_batching(config: FinetuneConfig, key: str) -> None:
@@ -94,26 +97,42 @@ def check_batching(config: FinetuneConfig, key: str) -> None:
         raise ConfigError(f"{key}.batch_size and {key}.micro_batch_size must be positive")
     if config.max_length < 2:
         raise ConfigError(f"{key}.max_length must be at least 2 tokens")
+    if config.save_every < 0 or config.keep_checkpoints < 0:
+        raise ConfigError(f"{key}.save_every and {key}.keep_checkpoints must be 0 or more")
 
 
 def train_loop(model, train: Sequence[Any], loss_fn: Callable, evaluate_fn: Callable[[], dict[str, float]],
                config: FinetuneConfig, run_dir: Path, seed: int, *, weight: Callable[[Any], float] = lambda _: 1.0,
                desc: str = "train", logged_config: dict | None = None,
-               finish_fn: Callable[[], dict[str, float]] | None = None) -> dict[str, Any]:
+               finish_fn: Callable[[], dict[str, float]] | None = None, resume: bool = False) -> dict[str, Any]:
     """Optimise `model` on `train`; returns {"before": held-out metrics, "after": ..., "steps": n}.
 
     `loss_fn(examples)` returns (a scalar tensor: the loss summed over the examples' loss terms, a dict of
     summed statistics); both are divided by the summed `weight` of the optimiser step's examples.
-    `finish_fn()`, if given, adds metrics measured once after training (e.g. a sampled KL) to "after"."""
+    `finish_fn()`, if given, adds metrics measured once after training (e.g. a sampled KL) to "after".
+    A checkpoint is saved every `config.save_every` steps (before the last); `resume` continues from the newest
+    one (weights, optimizer, schedule, RNG, step), and a finished run resumed returns its saved results.
+    `logged_config` (the run's config) is saved as the run's config.json and sent to W&B."""
     if not train:
         raise ConfigError(f"{desc}: no training examples")
     steps = total_steps(config, len(train))
+    results_file = run_dir / RESULTS_FILE
+    if resume and results_file.is_file():
+        finished = json.loads(results_file.read_text())
+        if finished.get("steps", -1) >= steps:
+            return finished
     parameters = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay,
-                                  betas=config.adam_betas)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, steps, config.warmup_steps, config.lr_schedule))
-    logger = MetricsLogger(run_dir, config.report_to, config=logged_config)
+    optimizer, scheduler = adamw_with_schedule(parameters, lr=config.lr, weight_decay=config.weight_decay,
+                                               betas=config.adam_betas, total=steps, warmup=config.warmup_steps,
+                                               schedule=config.lr_schedule)
+    start = 0
+    checkpoint = latest_checkpoint(run_dir, "its output_dir") if resume else None
+    if checkpoint is not None:
+        start = restore(checkpoint, model, optimizer, scheduler)
+        say_resuming(run_dir, checkpoint, steps)
+    if logged_config is not None:
+        write_run_config(run_dir, logged_config)
+    logger = MetricsLogger(run_dir, config.report_to, resume_step=start, config=logged_config)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable()
 
@@ -124,19 +143,20 @@ def train_loop(model, train: Sequence[Any], loss_fn: Callable, evaluate_fn: Call
         logger.log(step, {f"eval/{k}": v for k, v in metrics.items()})
         return metrics
 
-    results: dict[str, Any] = {"before": held_out(0)}
+    results: dict[str, Any] = {"before": held_out(0) if start == 0 else _logged_before(run_dir)}
     from tqdm.auto import tqdm
 
-    progress = tqdm(total=steps, desc=desc, unit="step", disable=not config.progress, dynamic_ncols=True)
-    for step, indices in enumerate(batches(len(train), config, seed), start=1):
+    progress = tqdm(total=steps, initial=start, desc=desc, unit="step", disable=not config.progress,
+                    dynamic_ncols=True)
+    for step, indices in enumerate(batches(len(train), config, seed, start), start=start + 1):
         begin = time.perf_counter()
         model.train()
         examples = [train[i] for i in indices]
         total = sum(weight(e) for e in examples) or 1.0
         sums: dict[str, float] = {}
         loss_value = 0.0
-        for start in range(0, len(examples), config.micro_batch_size):
-            loss, stats = loss_fn(examples[start: start + config.micro_batch_size])
+        for first in range(0, len(examples), config.micro_batch_size):
+            loss, stats = loss_fn(examples[first: first + config.micro_batch_size])
             (loss / total).backward()
             loss_value += float(loss.detach()) / total
             for name, value in stats.items():
@@ -153,6 +173,12 @@ def train_loop(model, train: Sequence[Any], loss_fn: Callable, evaluate_fn: Call
         progress.set_postfix(loss=f"{loss_value:.4f}")
         if config.eval_every and step % config.eval_every == 0 and step < steps:
             held_out(step)
+        # Not at the last step: the final model follows, and every record a checkpoint's step keeps in
+        # metrics.jsonl was logged before it.
+        if config.save_every and step % config.save_every == 0 and step < steps:
+            save_checkpoint(run_dir, step, model, optimizer_state=optimizer.state_dict(),
+                            scheduler_state=scheduler.state_dict(), data_position=step * config.batch_size,
+                            keep=config.keep_checkpoints)
     progress.close()
     results["after"] = held_out(steps)
     if finish_fn is not None:
@@ -165,8 +191,21 @@ def train_loop(model, train: Sequence[Any], loss_fn: Callable, evaluate_fn: Call
     return results
 
 
+def _logged_before(run_dir: Path) -> dict[str, float]:
+    """The held-out metrics before training of a resumed run, as it logged them at step 0."""
+    logged = [r for r in read_metrics(run_dir) if r["step"] == 0 and any(k.startswith("eval/") for k in r)]
+    if not logged:
+        print(f"{run_dir / 'metrics.jsonl'} has no evaluation at step 0: the results have no 'before'",
+              file=sys.stderr, flush=True)
+        return {}
+    return {k.removeprefix("eval/"): v for k, v in logged[0].items() if k != "step"}
+
+
 def save_final(model, tokenizer, run_dir: Path, results: dict[str, Any]) -> Path:
-    """The trained model as a HF directory (run_dir/final) and the results next to it."""
+    """The trained model as a HF directory (run_dir/final) and the results next to it; the results of a finished
+    run (resumed: they name its final model) are saved already."""
+    if "final_model" in results:
+        return Path(results["final_model"])
     final = run_dir / "final"
     model.save_pretrained(final)
     tokenizer.save_pretrained(final)
