@@ -1,4 +1,4 @@
-"""LLM-as-judge: p(yes) from next-token logits (rlvf.stages.judge), the `judge` reward of rlvf-judge with its local and
+"""LLM-as-judge: p(yes) from next-token logits (rlvf_judge.judging), the `judge` reward of rlvf-judge with its local and
 server backends, rubric ratings, and `rlvf train-judge`.
 
 The server backend is tested against real HTTP servers on 127.0.0.1: `python -m rlvf_judge.server` serving the
@@ -27,18 +27,18 @@ from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
 from rlvf.api.rewards import MixEntry, RewardMix
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
-from rlvf.stages.judge import (
+from rlvf_judge.judging import (
     DEFAULT_TEMPLATE,
     answer_token_ids,
     fill_judge_template,
     judge_loss,
-    normalize_row,
     roc_auc,
     yes_no_ids,
     yes_no_scores,
 )
 from rlvf_judge.reward import JudgeReward
 from rlvf_judge.rubric import check_rubric, combine, parse_ratings, rubric_score
+from rlvf_judge.train import normalize_row
 
 PROMPTS = ["Calculate 2 + 2.", "Calculate 2 + 2.", "What is the capital of France?", "What is the capital of France?"]
 COMPLETIONS = ["2 + 2 = 4. The answer is \\boxed{4}.", "2 + 2 = 5. The answer is \\boxed{5}.", "Paris.",

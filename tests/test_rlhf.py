@@ -53,7 +53,7 @@ def read_jsonl(path):
 # --- the losses, against numbers worked out by hand ---
 
 def test_bradley_terry_loss_by_hand():
-    from rlvf.stages.reward_model import bradley_terry_loss
+    from rlvf_rm.train import bradley_terry_loss
 
     chosen, rejected = torch.tensor([2.0, 0.0, -1.0]), torch.tensor([1.0, 0.0, 1.0])
     # r+ - r- = 1, 0, -2: -log sigmoid(d) = log(1 + e^-d) = 0.313262, log 2 = 0.693147, log(1 + e^2) = 2.126928
@@ -155,7 +155,7 @@ def test_preference_rows_in_text_and_chat_forms(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_rm(toy_pairs, tmp_path_factory):
-    from rlvf.stages.reward_model import run_train_rm
+    from rlvf_rm.train import run_train_rm
 
     model_dir, pairs, _ = toy_pairs
     output = tmp_path_factory.mktemp("rm") / "run"
@@ -184,7 +184,7 @@ def test_reward_model_learns_the_preference_on_held_out_pairs(trained_rm):
 
 @pytest.mark.timeout(120)
 def test_reward_model_reward_loads_by_entry_point_and_scores_through_rlvf_score(trained_rm, toy_pairs, tmp_path):
-    from rlvf.stages.reward_model import encode_for_reward, load_reward_model, reward_scores
+    from rlvf_rm.model import encode_for_reward, load_reward_model, reward_scores
 
     _, output = trained_rm
     plugins = {p["distribution"]: p for p in json.loads(run_rlvf("plugins", "--json").stdout)}

@@ -334,7 +334,7 @@ def cmd_sft(args) -> None:
 
 
 def cmd_train_rm(args) -> None:
-    from rlvf.stages.reward_model import run_train_rm
+    from rlvf_rm.train import run_train_rm  # until rlvf-rm registers the command itself
 
     _run_stage(args, run_train_rm, lambda r: [
         f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
@@ -350,7 +350,7 @@ def cmd_dpo(args) -> None:
 
 
 def cmd_train_judge(args) -> None:
-    from rlvf.stages.judge import run_train_judge
+    from rlvf_judge.train import run_train_judge  # until rlvf-judge registers the command itself
 
     def summary(r: dict[str, Any]) -> list[str]:
         generated = [f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}"

@@ -2,6 +2,17 @@
 
     from rlvf.api import hookimpl, completion_text, RewardError
 
+What a stage plugin (a command with its own config section, e.g. rlvf-rm's `train-rm`) builds on:
+- config: `StageConfig` (a stage's schema: subclass it and add its sections), `Section`, and the sections to
+  build them from: `ModelConfig`, `DatasetSource`, `FinetuneConfig`, `EvalConfig`, `PreferenceConfig`;
+- models: `load_policy`, `load_tokenizer`, `pick_device_and_dtype`, `resolve_model`, `encode_prompts`;
+- sampling: `sampler_from_config`, `HFSampler`, `SamplingParams`;
+- the supervised loop (rlvf.stages.supervised): `prepare_output_dir`, `check_batching`, `train_loop`,
+  `save_final`, `task_evaluator`;
+- rows and preference pairs: `load_rows_by_prompt`, `split_by_prompt`, `load_pairs`, `pair_metrics`;
+- evaluation: `evaluate`, `CORRECT` (the score an accuracy reward gives a correct sample);
+- servers: `bearer_headers`, `token_matches`, `require_token_off_loopback`, `JUDGE_TOKEN_ENV`.
+
 Names resolve on first use, so `import rlvf.api` stays cheap (no torch) for reward workers. Anything else in
 rlvf is internal and may change between versions; a plugin needing more asks for it to be declared here.
 """
@@ -20,6 +31,22 @@ _EXPORTS = {
     "Task": "rlvf.api.tasks", "DatasetTask": "rlvf.api.tasks", "fill_template": "rlvf.api.tasks",
     "is_messages": "rlvf.api.tasks", "split_held_out": "rlvf.api.tasks", "task_from_config": "rlvf.api.tasks",
     "RewardMix": "rlvf.api.rewards", "MixResult": "rlvf.api.rewards", "mix_from_config": "rlvf.api.rewards",
+    # for stages: config sections, models, sampling, the supervised loop, rows and pairs, evaluation, server auth
+    "Section": "rlvf.config", "StageConfig": "rlvf.config", "ModelConfig": "rlvf.config",
+    "DatasetSource": "rlvf.config", "FinetuneConfig": "rlvf.config", "EvalConfig": "rlvf.config",
+    "PreferenceConfig": "rlvf.config",
+    "load_policy": "rlvf.models.loading", "load_tokenizer": "rlvf.models.loading",
+    "pick_device_and_dtype": "rlvf.models.loading", "encode_prompts": "rlvf.models.loading",
+    "resolve_model": "rlvf.models.names",
+    "sampler_from_config": "rlvf.sampling", "HFSampler": "rlvf.sampling", "SamplingParams": "rlvf.sampling",
+    "train_loop": "rlvf.stages.supervised", "save_final": "rlvf.stages.supervised",
+    "prepare_output_dir": "rlvf.stages.supervised", "check_batching": "rlvf.stages.supervised",
+    "task_evaluator": "rlvf.stages.supervised",
+    "load_pairs": "rlvf.stages.pairs", "load_rows_by_prompt": "rlvf.stages.pairs",
+    "split_by_prompt": "rlvf.stages.pairs", "pair_metrics": "rlvf.stages.pairs",
+    "evaluate": "rlvf.stages.evaluate", "CORRECT": "rlvf.stages.evaluate",
+    "bearer_headers": "rlvf.engine.server_auth", "token_matches": "rlvf.engine.server_auth",
+    "require_token_off_loopback": "rlvf.engine.server_auth", "JUDGE_TOKEN_ENV": "rlvf.engine.server_auth",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -24,8 +24,7 @@ from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import HFSampler, SamplingParams
-from rlvf.stages.pairs import load_pairs, prompt_key
-from rlvf.stages.reward_model import pair_metrics
+from rlvf.stages.pairs import load_pairs, pair_metrics, prompt_key
 from rlvf.stages.rl import Rollout, completion_logprobs
 from rlvf.stages.supervised import (
     check_batching,

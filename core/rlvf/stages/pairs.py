@@ -99,6 +99,14 @@ def load_pairs(config: PreferenceConfig, split: str, seed: int = 0) -> list[dict
     return load_rows_by_prompt(config, split, seed, normalize_pair, "preference.dataset")
 
 
+def pair_metrics(chosen, rejected) -> dict[str, float]:
+    """Summed statistics of pairs from the scores [N] (tensors) of their chosen and rejected completions: accuracy
+    (chosen scored higher; a tie counts half), margin, both means (for `rlvf train-rm` and `rlvf dpo`)."""
+    return {"accuracy": float((chosen > rejected).float().sum() + 0.5 * (chosen == rejected).float().sum()),
+            "margin": float((chosen - rejected).sum()), "chosen": float(chosen.sum()),
+            "rejected": float(rejected.sum())}
+
+
 def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsConfig,
                    accuracy_reward: str | None = None, seed: int = 0,
                    sampler: Sampler | None = None) -> tuple[list[dict[str, Any]], dict[str, float]]:

@@ -23,7 +23,7 @@ from collections import Counter
 from typing import Any
 from urllib.parse import urlsplit
 
-from rlvf.errors import RewardError
+from rlvf.api import RewardError
 
 HELP = ("Start one (e.g. `vllm serve MODEL` or `python -m rlvf_judge.server --model PATH --port 8000`) or fix "
         "the `url` option of the judge reward")
@@ -44,7 +44,7 @@ class ServerJudge:
                  api_key: str | None = None, cooldown: float = 30.0):
         import httpx  # only with the server backend
 
-        from rlvf.stages.judge import answer_variants
+        from rlvf_judge.judging import answer_variants
 
         if api not in ("chat", "completions"):
             raise ValueError(f"api must be 'chat' (/v1/chat/completions) or 'completions' (/v1/completions), "
@@ -58,7 +58,7 @@ class ServerJudge:
             raise ValueError(f"spellings {sorted(self.yes & self.no)} are both a yes and a no answer")
         self.top_logprobs, self.timeout, self.retries, self.backoff = top_logprobs, timeout, retries, backoff
         self.concurrency, self.cooldown = concurrency, cooldown
-        from rlvf.engine.server_auth import JUDGE_TOKEN_ENV, bearer_headers
+        from rlvf.api import JUDGE_TOKEN_ENV, bearer_headers
 
         self.headers = bearer_headers(api_key or os.environ.get(JUDGE_TOKEN_ENV))
         self.metrics: Counter[str] = Counter()
@@ -153,7 +153,7 @@ class ServerJudge:
             return await asyncio.gather(*(self._post(client, semaphore, path, p) for p in payloads))
 
     def _payload(self, user_text: str, max_tokens: int, logprobs: bool) -> dict[str, Any]:
-        from rlvf.stages.judge import plain_text
+        from rlvf_judge.judging import plain_text
 
         payload: dict[str, Any] = {"model": self.model, "max_tokens": max_tokens, "temperature": 0.0}
         if self.api == "chat":

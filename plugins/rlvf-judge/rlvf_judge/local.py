@@ -4,13 +4,12 @@ from __future__ import annotations
 
 
 class LocalJudge:
-    """p(yes) from one batched forward pass (rlvf.stages.judge), and greedy replies for rubric ratings."""
+    """p(yes) from one batched forward pass (rlvf_judge.judging), and greedy replies for rubric ratings."""
 
     def __init__(self, model: str, *, chat: bool | None, system_prompt: str | None, yes, no, batch_size: int,
                  max_length: int, dtype: str = "auto", device: str = "auto"):
-        from rlvf.config import ModelConfig
-        from rlvf.models.loading import load_policy
-        from rlvf.stages.judge import uses_chat, yes_no_ids
+        from rlvf.api import ModelConfig, load_policy
+        from rlvf_judge.judging import uses_chat, yes_no_ids
 
         policy = load_policy(ModelConfig(name=model, dtype=dtype))
         self.model, self.tokenizer, self.path = policy.model, policy.tokenizer, policy.path
@@ -24,13 +23,13 @@ class LocalJudge:
         self.description = f"local model {self.path}"
 
     def _encode(self, user_texts: list[str]) -> list[list[int]]:
-        from rlvf.stages.judge import encode_judge, judge_text
+        from rlvf_judge.judging import encode_judge, judge_text
 
         texts = [judge_text(self.tokenizer, text, self.system_prompt, self.chat) for text in user_texts]
         return encode_judge(self.tokenizer, texts, self.chat, self.max_length)
 
     def yes_probabilities(self, user_texts: list[str]) -> list[float | None]:
-        from rlvf.stages.judge import judge_probabilities
+        from rlvf_judge.judging import judge_probabilities
 
         probabilities, _ = judge_probabilities(self.model, self._encode(user_texts), self.tokenizer.pad_token_id,
                                                self.yes_ids, self.no_ids, self.batch_size)
@@ -38,7 +37,7 @@ class LocalJudge:
 
     def replies(self, user_texts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy replies (rubric ratings), decoded without special tokens."""
-        from rlvf.sampling import HFSampler, SamplingParams
+        from rlvf.api import HFSampler, SamplingParams
 
         sampler = HFSampler(self.model, self.tokenizer, batch_size=self.batch_size)
         samples = sampler.sample(self._encode(user_texts), SamplingParams(temperature=0.0,

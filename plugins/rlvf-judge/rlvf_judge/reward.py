@@ -21,9 +21,10 @@ class JudgeReward:
 
     Options:
     - `template`: the judge's user message, with `{prompt}` (a chat prompt's last user message), `{completion}`
-      and any column of the row (e.g. `{answer}` for a reference-guided judge); default rlvf.stages.judge.DEFAULT_TEMPLATE.
-      `system_prompt`; `chat` (use the chat template; none: if the judge's tokenizer has one; the server backend's
-      `api = "chat"` or `"completions"` decides there); `yes`, `no`: the answer words.
+      and any column of the row (e.g. `{answer}` for a reference-guided judge); default
+      rlvf_judge.judging.DEFAULT_TEMPLATE. `system_prompt`; `chat` (use the chat template; none: if the judge's
+      tokenizer has one; the server backend's `api = "chat"` or `"completions"` decides there); `yes`, `no`: the
+      answer words.
     - `rubric = { aspect = weight, ... }`: ask for "aspect: score" lines on `scale` ([low, high], mapped to 0..1)
       with `rubric_template` (`{aspects}`, `{low}`, `{high}` besides the above); the reward is the weighted mean;
       a reply missing an aspect or out of scale scores None (left out of the mix) and counts as `unparsable`.
@@ -41,7 +42,7 @@ class JudgeReward:
                  batch_size: int = 16, max_length: int = 2048, dtype: str = "auto", device: str = "auto",
                  api: str = "chat", top_logprobs: int = 20, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, concurrency: int = 8, api_key: str | None = None, cache_size: int = 100_000):
-        from rlvf.stages.judge import DEFAULT_TEMPLATE
+        from rlvf_judge.judging import DEFAULT_TEMPLATE
 
         if batch_size <= 0 or max_length <= 0 or max_new_tokens <= 0 or cache_size < 0:
             raise ValueError("batch_size, max_length and max_new_tokens must be positive, cache_size >= 0")
@@ -70,7 +71,7 @@ class JudgeReward:
         self._lock = threading.Lock()
 
     def _user_texts(self, prompts, completions, columns) -> list[str]:
-        from rlvf.stages.judge import fill_judge_template
+        from rlvf_judge.judging import fill_judge_template
 
         extra = {}
         if self.rubric:

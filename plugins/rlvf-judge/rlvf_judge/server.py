@@ -46,8 +46,7 @@ class Engine:
     """The model, its tokenizer, and a decode loop that returns each token's log-prob and the top ones."""
 
     def __init__(self, model: str, served_name: str | None = None, dtype: str = "auto", max_logprobs: int = 20):
-        from rlvf.config import ModelConfig
-        from rlvf.models.loading import load_policy
+        from rlvf.api import ModelConfig, load_policy
 
         policy = load_policy(ModelConfig(name=model, dtype=dtype))
         self.model, self.tokenizer = policy.model.eval(), policy.tokenizer
@@ -207,7 +206,7 @@ class Engine:
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 8000, quiet: bool = True,
                 api_key: str | None = None) -> ThreadingHTTPServer:
     """With `api_key`, every request on every path must carry `Authorization: Bearer API_KEY` (else 401)."""
-    from rlvf.engine.server_auth import token_matches
+    from rlvf.api import token_matches
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -286,8 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", help="a token every request must carry (default: $RLVF_JUDGE_API_KEY); "
                         "required to listen beyond loopback")
     args = parser.parse_args(argv)
-    from rlvf.engine.server_auth import JUDGE_TOKEN_ENV, require_token_off_loopback
-    from rlvf.errors import ConfigError
+    from rlvf.api import JUDGE_TOKEN_ENV, ConfigError, require_token_off_loopback
 
     token = args.api_key or os.environ.get(JUDGE_TOKEN_ENV) or None
     try:

@@ -28,7 +28,7 @@ class RewardModelReward:
             raise ValueError("clip must be positive (or unset)")
         self.path, self.batch_size, self.max_length = path, batch_size, max_length
         self.normalize, self.clip = normalize, clip
-        from rlvf.stages.reward_model import load_reward_model  # torch: only once the reward is built
+        from rlvf_rm.model import load_reward_model  # torch: only once the reward is built
 
         self.model, self.tokenizer = load_reward_model(path, dtype, device=None if device == "auto" else device)
         self.count, self.mean, self._m2 = 0, 0.0, 0.0  # running statistics (Welford) of the raw scores
@@ -48,7 +48,7 @@ class RewardModelReward:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list[float]:
         if not completions:
             return []
-        from rlvf.stages.reward_model import encode_for_reward, reward_scores
+        from rlvf_rm.model import encode_for_reward, reward_scores
 
         ids = encode_for_reward(self.tokenizer, list(prompts), list(completions), self.max_length)
         raw = reward_scores(self.model, ids, self.tokenizer.pad_token_id, self.batch_size)
