@@ -1,4 +1,6 @@
-"""Plugin discovery: every reward and task reaches the core through the `rlvf` entry-point group.
+"""Plugin discovery: every reward, task, algorithm, sampler and command reaches the core through the `rlvf`
+entry-point group, the core's own too (its distribution declares `builtin-*` entry points, as pytest registers
+its own plugins), so a built-in has no path a plugin lacks.
 
 Each entry point names a module (or object) with `@hookimpl` functions. We load entry points ourselves
 instead of `PluginManager.load_setuptools_entrypoints` so that an import failure, an invalid hook or a
@@ -18,13 +20,16 @@ from typing import Any
 
 import pluggy
 
+from rlvf.algorithms.registry import ALGORITHM_KINDS, AlgorithmRegistry
 from rlvf.api import hookspecs
+from rlvf.api.commands import Command
 from rlvf.api.rewards import RewardSpec
 from rlvf.api.tasks import Task
-from rlvf.errors import PluginError
+from rlvf.errors import ConfigError, PluginError
 
 ENTRY_POINT_GROUP = "rlvf"
 PLUGIN_FILTER_ENV = "RLVF_PLUGINS"
+CORE_DISTRIBUTION = "rlvf"  # its entry points (the built-ins) load whatever RLVF_PLUGINS says
 
 
 @dataclass
@@ -37,9 +42,44 @@ class PluginInfo:
     entry_point: str  # "name = module:attr", for error messages
     rewards: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    algorithms: list[str] = field(default_factory=list)  # "kind:name"
+    samplers: list[str] = field(default_factory=list)
+    commands: list[str] = field(default_factory=list)
 
     def describe(self) -> str:
         return f"plugin '{self.name}' (distribution {self.distribution} {self.version}, entry point {self.entry_point})"
+
+
+@dataclass
+class SamplerSpec:
+    """A registered sampler: `factory(config, model, tokenizer, *, path, seed, batch_size)` -> Sampler."""
+
+    name: str
+    factory: Any
+    description: str
+    plugin: str  # the distribution that registered it
+
+
+@dataclass
+class Algorithms:
+    """The algorithm registries by kind (hook register_algorithms): `registry.algorithms.advantage["grpo"]`."""
+
+    advantage: AlgorithmRegistry = field(default_factory=lambda: AlgorithmRegistry(ALGORITHM_KINDS["advantage"]))
+    policy_loss: AlgorithmRegistry = field(default_factory=lambda: AlgorithmRegistry(ALGORITHM_KINDS["policy_loss"]))
+    loss_aggregation: AlgorithmRegistry = field(
+        default_factory=lambda: AlgorithmRegistry(ALGORITHM_KINDS["loss_aggregation"]))
+    kl_estimator: AlgorithmRegistry = field(
+        default_factory=lambda: AlgorithmRegistry(ALGORITHM_KINDS["kl_estimator"]))
+    value_loss: AlgorithmRegistry = field(default_factory=lambda: AlgorithmRegistry(ALGORITHM_KINDS["value_loss"]))
+
+    def of_kind(self, kind: str) -> AlgorithmRegistry:
+        if kind not in ALGORITHM_KINDS:
+            raise PluginError(f"unknown algorithm kind '{kind}'; the kinds are: {', '.join(ALGORITHM_KINDS)}")
+        return getattr(self, kind)
+
+    def describe(self) -> dict[str, list[str]]:
+        """What each registry holds (for `rlvf algorithms`)."""
+        return {self.of_kind(kind).kind: sorted(self.of_kind(kind)) for kind in ALGORITHM_KINDS}
 
 
 @dataclass
@@ -49,6 +89,9 @@ class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     rewards: dict[str, RewardSpec] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    algorithms: Algorithms = field(default_factory=Algorithms)
+    samplers: dict[str, SamplerSpec] = field(default_factory=dict)
+    commands: dict[str, Command] = field(default_factory=dict)
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
     _owner: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
@@ -72,6 +115,16 @@ class Registry:
                 "Install the plugin that provides it, or declare a dataset task in the config."
             )
         return self.tasks[name]
+
+    def sampler(self, name: str) -> SamplerSpec:
+        if name not in self.samplers:
+            raise ConfigError(f"sampling.sampler = '{name}' is not an installed sampler; installed samplers: "
+                              f"{', '.join(sorted(self.samplers)) or 'none'} (see `rlvf plugins`)")
+        return self.samplers[name]
+
+    def owner(self, kind: str, name: str) -> PluginInfo | None:
+        """The plugin that registered `name` (kind "reward", "task", "sampler", "command", or an algorithm kind)."""
+        return self._owner.get((kind, name))
 
     def _claim(self, kind: str, name: str, plugin: PluginInfo) -> None:
         previous = self._owner.get((kind, name))
@@ -108,7 +161,34 @@ class Registry:
             self.tasks[task.name] = task
             info.tasks.append(task.name)
 
-        for hook_name, register in (("register_rewards", register_reward), ("register_tasks", register_task)):
+        def register_algorithm(kind, function, name=None):
+            entries = self.algorithms.of_kind(kind)
+            name = name or entries.default_name(function)
+            self._claim(entries.kind, name, info)
+            entries.add(name, function)
+            info.algorithms.append(f"{kind}:{name}")
+
+        def register_sampler(name, factory, description=None):
+            if not callable(factory):
+                raise PluginError(f"{info.describe()} registered sampler '{name}' with {factory!r}; expected a "
+                                  "factory(config, model, tokenizer, *, path, seed, batch_size)")
+            self._claim("sampler", name, info)
+            description = description or ((factory.__doc__ or "").strip().splitlines() or [""])[0]
+            self.samplers[name] = SamplerSpec(name, factory, description, plugin=info.distribution)
+            info.samplers.append(name)
+
+        def register_command(command):
+            if not isinstance(command, Command):
+                raise PluginError(f"{info.describe()} registered {command!r} as a command; expected an "
+                                  "rlvf.api.Command")
+            self._claim("command", command.name, info)
+            self.commands[command.name] = command
+            info.commands.append(command.name)
+
+        hooks = (("register_rewards", register_reward), ("register_tasks", register_task),
+                 ("register_algorithms", register_algorithm), ("register_samplers", register_sampler),
+                 ("register_commands", register_command))
+        for hook_name, register in hooks:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != info.name:
                     continue
@@ -156,21 +236,29 @@ def _new_manager() -> pluggy.PluginManager:
 
 
 def _allowed_plugins() -> set[str] | None:
-    """Names allowed by RLVF_PLUGINS (entry point or distribution names); None means all."""
+    """Names allowed by RLVF_PLUGINS (entry point or distribution names); None means all. The core's own
+    entry points are never filtered out."""
     value = os.environ.get(PLUGIN_FILTER_ENV)
     if value is None:
         return None
     return {part.strip() for part in value.split(",") if part.strip()}
 
 
+def _distribution_name(entry_point) -> str:
+    return entry_point.dist.metadata["Name"] if entry_point.dist is not None else "<unknown distribution>"
+
+
 def load_registry() -> Registry:
     """Load every installed plugin (as filtered by RLVF_PLUGINS) into a fresh registry."""
     registry = Registry()
     allowed = _allowed_plugins()
-    for entry_point in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: ep.name):
-        dist = entry_point.dist
-        dist_name = dist.metadata["Name"] if dist is not None else "<unknown distribution>"
-        if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+    # the core's built-ins first, so that a clash names the built-in as the first registrant
+    entry_points = sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
+                          key=lambda ep: (_distribution_name(ep) != CORE_DISTRIBUTION, ep.name))
+    for entry_point in entry_points:
+        dist, dist_name = entry_point.dist, _distribution_name(entry_point)
+        core = dist_name == CORE_DISTRIBUTION
+        if allowed is not None and not core and entry_point.name not in allowed and dist_name not in allowed:
             continue
         info = PluginInfo(
             name=entry_point.name,

@@ -24,7 +24,7 @@ from typing import Any
 
 # name -> the module that defines it
 _EXPORTS = {
-    "hookimpl": "rlvf.api.hookspecs",
+    "hookimpl": "rlvf.api.hookspecs", "Command": "rlvf.api.commands",
     "ConfigError": "rlvf.errors", "PluginError": "rlvf.errors", "RewardError": "rlvf.errors",
     "completion_text": "rlvf.api.text", "reward_completions": "rlvf.api.text",
     "is_conversational": "rlvf.api.text", "last_boxed": "rlvf.api.text",
