@@ -339,8 +339,8 @@ def test_supervised_stages_check_their_output_dir_before_loading(tmp_path, comma
             "dpo": [f"preference.dataset={json.dumps(str(pairs))}"]}[section]
     key = f"{section}.output_dir"
     for output_dir, expected in ((a_file, f"{key} = {a_file} is a file, not a directory: set {key} to another path"),
-                                 (tmp_path, f"{tmp_path} already holds a run: set {key} to a new directory (or "
-                                            "remove it)")):
+                                 (tmp_path, f"{tmp_path} already holds a run: resume it with --resume, or set "
+                                            f"{key} to a new directory")):
         result = run_rlvf(command, f"model.name={json.dumps(str(tmp_path / 'no-such-model'))}", *data,
                           f"{key}={json.dumps(str(output_dir))}", check=False)
         assert result.returncode == 2, result.stderr
