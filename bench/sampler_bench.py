@@ -28,17 +28,17 @@ RUNS = ("sample-hf", "sample-vllm", "grpo-hf", "grpo-vllm")
 
 
 def run_sampling(args, kind: str) -> dict:
-    from rlvf.config import ModelConfig
+    from rlvf.config import ModelConfig, SamplingConfig
     from rlvf.models.loading import encode_prompts, load_policy
     from rlvf.plugins import get_registry
-    from rlvf.sampling import SamplingParams, make_sampler
+    from rlvf.sampling import SamplingParams, build_sampler
 
     policy = load_policy(ModelConfig(name="smollm2-135m"))
     rows = get_registry().task("arithmetic").rows("train", limit=args.prompts)
     prompt_ids = encode_prompts(policy.tokenizer, [row["prompt"] for row in rows])
     begin = time.perf_counter()
-    sampler = make_sampler(kind, policy.model, policy.tokenizer, path=policy.path, seed=0,
-                           batch_size=args.prompts * args.n)
+    sampler = build_sampler(get_registry(), SamplingConfig(sampler=kind), policy.model, policy.tokenizer,
+                            path=policy.path, seed=0, batch_size=args.prompts * args.n)
     start = time.perf_counter() - begin
     sampler.sample(prompt_ids[:2], SamplingParams(temperature=1.0, max_new_tokens=8, n=2), seed=0)  # warm-up
     params = SamplingParams(temperature=1.0, max_new_tokens=args.max_new_tokens, n=args.n)

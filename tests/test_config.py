@@ -89,9 +89,9 @@ def test_override_syntax():
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "examples" / "algorithms").glob("*.toml")),
                          ids=lambda p: p.stem)
 def test_algorithm_examples_load_with_their_preset(path):
-    from rlvf import algorithms
+    from rlvf.plugins import load_registry
 
     config = load_config(path)
     assert config.algorithm.preset == path.stem and config.task.name == "arithmetic"
-    estimator = algorithms.ADVANTAGE_ESTIMATORS.get_checked(config.algorithm.advantage)
+    estimator = load_registry().algorithms.advantage.get_checked(config.algorithm.advantage)
     inspect.signature(estimator).bind(None, **config.algorithm.advantage_options)  # options it takes

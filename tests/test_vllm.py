@@ -15,10 +15,15 @@ import time
 import pytest
 import torch
 
-from rlvf.config import ModelConfig, load_config
+from rlvf.config import ModelConfig, SamplingConfig, load_config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts, load_policy
-from rlvf.sampling import HFSampler, Samples, SamplingParams, make_sampler, vllm_missing
+from rlvf.plugins import load_registry
+from rlvf.sampling import HFSampler, Samples, SamplingParams, build_sampler, vllm_missing
+
+
+def make_sampler(kind, model, tokenizer, **options):
+    return build_sampler(load_registry(), SamplingConfig(sampler=kind), model, tokenizer, **options)
 
 PROMPTS = [[{"role": "user", "content": "What is 12 + 7? Put the answer in \\boxed{}."}],
            [{"role": "user", "content": "Name a colour."}], "The capital of France is"]
@@ -171,16 +176,16 @@ def test_grpo_with_the_vllm_sampler(tmp_path, capsys):
 
 
 def test_auto_falls_back_to_hf_and_says_why(tiny_model_dir, monkeypatch):
-    import rlvf.sampling
+    import rlvf.sampling.vllm
 
     policy = load_policy(ModelConfig(name=str(tiny_model_dir)))
-    monkeypatch.setattr(rlvf.sampling, "vllm_missing", lambda: "vLLM is not installed")
+    monkeypatch.setattr(rlvf.sampling.vllm, "vllm_missing", lambda: "vLLM is not installed")
     sampler = make_sampler("auto", policy.model, policy.tokenizer)
     assert isinstance(sampler, HFSampler) and sampler.description == "hf (vLLM is not installed)"
     assert sampler.exact_logprobs and sampler.sync_weights(policy.model) == 0.0
     with pytest.raises(ConfigError, match="not installed"):
         make_sampler("vllm", policy.model, policy.tokenizer)
-    with pytest.raises(ValueError, match="unknown sampler"):
+    with pytest.raises(ConfigError, match="not an installed sampler"):
         make_sampler("sglang", policy.model, policy.tokenizer)
 
 
@@ -219,17 +224,19 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
             register(lambda prompts, completions, **_: [float(len(completion_text(c)) % 2) for c in completions],
                      name="even")
 
+        @hookimpl
+        def register_samplers(self, register):
+            register("shifted", lambda config, model, tokenizer, **_: ShiftedSampler(model, tokenizer, delta))
+
     def registry():
         loaded = load_registry()
         loaded.add_plugin(EvenLength(), PluginInfo("even", "even", "0", "even = test"))
         return loaded
 
     delta = 0.2  # the sampler claims each token 0.2 nats likelier than it is: ratio = exp(-0.2) ~ 0.82
-    monkeypatch.setattr(rlvf.stages.rl, "sampler_from_config",
-                        lambda config, model, tokenizer, **_: ShiftedSampler(model, tokenizer, delta))
     overrides = {
         "model.name": str(tiny_model_dir), "task.name": "arithmetic", "reward.mix.even": 1.0,
-        "sampling.max_new_tokens": 6, "algorithm.beta": 0.0, "algorithm.tis_cap": 0.5,
+        "sampling.max_new_tokens": 6, "sampling.sampler": "shifted", "algorithm.beta": 0.0, "algorithm.tis_cap": 0.5,
         "train.prompts_per_step": 2, "train.group_size": 4, "train.progress": False,
         "train.report_to": ["jsonl"], "train.output_dir": str(tmp_path / "run"),
     }

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import tomllib
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
+from rlvf.algorithms.presets import ALGORITHM_PRESETS
 from rlvf.errors import ConfigError
 
 
@@ -93,8 +94,9 @@ class TaskConfig(DatasetSource):
 
 class SamplingConfig(Section):
     # "vllm": a vLLM engine in the trainer's process (python -m rlvf.tools.vllm_install); "hf": rlvf's own decode
-    # loop on the transformers model; "auto": vLLM if it is installed, else HF (the choice is printed)
-    sampler: Literal["auto", "hf", "vllm"] = "auto"
+    # loop on the transformers model; "auto": vLLM if it is installed, else HF (the choice is printed); or a
+    # sampler a plugin registers (`rlvf algorithms` lists the installed ones)
+    sampler: str = "auto"
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
@@ -125,23 +127,6 @@ class EvalConfig(Section):
     max_new_tokens: int = 128
     batch_size: int = 64
     accuracy_reward: str | None = None  # the reward whose 1.0 means "correct"; default: the mix's first
-
-
-# Named settings of [algorithm]: `algorithm = "ppo"`, or `[algorithm] preset = "ppo"` plus keys that replace the
-# preset's (an options table given replaces the preset's table whole).
-ALGORITHM_PRESETS: dict[str, dict[str, Any]] = {
-    "grpo": {},
-    "dr_grpo": {"advantage_options": {"scale_std": False}, "loss_aggregation": "constant_norm"},
-    # DAPO's dynamic sampling is a train option: train.dynamic_sampling = true
-    "dapo": {"policy_loss_options": {"eps_low": 0.2, "eps_high": 0.28}, "loss_aggregation": "token_mean",
-             "beta": 0.0},
-    "rloo": {"advantage": "rloo", "kl_in": "reward"},
-    "reinforce": {"advantage": "reinforce", "kl_in": "reward"},
-    "reinforce_pp": {"advantage": "reinforce_pp", "kl_estimator": "k1", "kl_in": "reward",
-                     "loss_aggregation": "token_mean"},
-    # InstructGPT's form: r_t = -beta log(pi / pi_ref) at every token, the reward at the last; GAE with a critic
-    "ppo": {"advantage": "gae", "kl_estimator": "k1", "kl_in": "reward", "loss_aggregation": "token_mean"},
-}
 
 
 class AlgorithmConfig(Section):

@@ -8,7 +8,7 @@ What a stage plugin (a command with its own config section, e.g. rlvf-rm's `trai
 - models: `load_policy`, `load_tokenizer`, `pick_device_and_dtype`, `resolve_model`, `encode_prompts`;
 - sampling: `sampler_from_config`, `HFSampler`, `SamplingParams`;
 - the supervised loop (rlvf.stages.supervised): `prepare_output_dir`, `check_batching`, `train_loop`,
-  `save_final`, `task_evaluator`;
+  `save_final`, `task_evaluator`, and `print_stage_results` (what a stage command prints at the end);
 - rows and preference pairs: `load_rows_by_prompt`, `split_by_prompt`, `load_pairs`, `pair_metrics`;
 - evaluation: `evaluate`, `CORRECT` (the score an accuracy reward gives a correct sample);
 - servers: `bearer_headers`, `token_matches`, `require_token_off_loopback`, `JUDGE_TOKEN_ENV`.
@@ -39,9 +39,12 @@ _EXPORTS = {
     "pick_device_and_dtype": "rlvf.models.loading", "encode_prompts": "rlvf.models.loading",
     "resolve_model": "rlvf.models.names",
     "sampler_from_config": "rlvf.sampling", "HFSampler": "rlvf.sampling", "SamplingParams": "rlvf.sampling",
+    "build_sampler": "rlvf.sampling", "model_sampler": "rlvf.sampling", "Sampler": "rlvf.sampling",
+    "Samples": "rlvf.sampling", "algorithm": "rlvf.algorithms", "AdvantageInputs": "rlvf.algorithms",
+    "Advantages": "rlvf.algorithms", "BatchTotals": "rlvf.algorithms",
     "train_loop": "rlvf.stages.supervised", "save_final": "rlvf.stages.supervised",
     "prepare_output_dir": "rlvf.stages.supervised", "check_batching": "rlvf.stages.supervised",
-    "task_evaluator": "rlvf.stages.supervised",
+    "task_evaluator": "rlvf.stages.supervised", "print_stage_results": "rlvf.commands",
     "load_pairs": "rlvf.stages.pairs", "load_rows_by_prompt": "rlvf.stages.pairs",
     "split_by_prompt": "rlvf.stages.pairs", "pair_metrics": "rlvf.stages.pairs",
     "evaluate": "rlvf.stages.evaluate", "CORRECT": "rlvf.stages.evaluate",

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts, load_policy
-from rlvf.sampling import HFSampler, SamplingParams
+from rlvf.sampling import SamplingParams, model_sampler
 from rlvf.stages.pairs import load_pairs, pair_metrics, prompt_key
 from rlvf.stages.rl import Rollout, completion_logprobs
 from rlvf.stages.supervised import (
@@ -124,7 +124,7 @@ def sampled_kl(policy, reference, tokenizer, prompts: list[Any], max_new_tokens:
     if not prompts:
         return {}
     prompt_ids = encode_prompts(tokenizer, prompts)
-    samples = HFSampler(policy, tokenizer, batch_size=batch_size).sample(
+    samples = model_sampler(policy, tokenizer, batch_size=batch_size).sample(
         prompt_ids, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=1), seed=seed)
     device = next(reference.parameters()).device
     total, tokens = 0.0, 0

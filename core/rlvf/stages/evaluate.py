@@ -11,7 +11,7 @@ from rlvf.api.tasks import Task
 from rlvf.config import EvalConfig
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
-from rlvf.sampling import HFSampler, Sampler, Samples, SamplingParams
+from rlvf.sampling import Sampler, Samples, SamplingParams, model_sampler
 
 CORRECT = 1.0 - 1e-6  # an accuracy reward counts a sample correct at 1.0 (all tests passed, answer equal)
 
@@ -65,7 +65,7 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
         raise ConfigError(f"eval.n = {config.n} samples per prompt need eval.temperature > 0 (greedy repeats itself)")
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, n=config.n)
-    sampler = sampler or HFSampler(model, tokenizer, batch_size=config.batch_size)
+    sampler = sampler or model_sampler(model, tokenizer, batch_size=config.batch_size)
     samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
     expanded, result = score_samples(mix, rows, samples)
     correct = [(v or 0.0) >= CORRECT for v in result.per_reward[accuracy_reward]]

@@ -24,7 +24,7 @@ from rlvf.api.text import completion_text
 from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
-from rlvf.sampling import HFSampler, Sampler, SamplingParams
+from rlvf.sampling import Sampler, SamplingParams, model_sampler
 from rlvf.stages.evaluate import CORRECT, score_samples
 
 PAIR_COLUMNS = ("prompt", "chosen", "rejected")
@@ -124,7 +124,7 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
     check_task_columns(mix, task, rows=rows)
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p, max_new_tokens=config.max_new_tokens,
                             n=config.n)
-    sampler = sampler or HFSampler(model, tokenizer, batch_size=config.batch_size)
+    sampler = sampler or model_sampler(model, tokenizer, batch_size=config.batch_size)
     samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
     _, result = score_samples(mix, rows, samples)
     accuracy, total = result.per_reward[accuracy_reward], result.total

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from rlvf import algorithms
+from rlvf.algorithms.advantages import group_stats
 from rlvf.api.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
 from rlvf.api.tasks import Task, task_from_config
 from rlvf.config import Config
@@ -43,7 +44,7 @@ from rlvf.engine.rundir import check_run_dir, write_run_config
 from rlvf.errors import ConfigError
 from rlvf.models.critic import Critic, build_critic
 from rlvf.models.loading import encode_prompts, load_policy
-from rlvf.sampling import SamplingParams, sampler_from_config
+from rlvf.sampling import SamplingParams, build_sampler
 from rlvf.stages.evaluate import CORRECT, evaluate, score_samples
 
 
@@ -277,6 +278,7 @@ def _value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tens
 class Trainer:
     def __init__(self, config: Config, registry, resume: bool = False, force_resume: bool = False):
         self.config = config
+        self.registry = registry  # the algorithms and samplers are looked up in it
         self.dist = init_distributed(config.train.parallel)  # one process, or a rank of a torchrun launch
         self.task: Task = task_from_config(config.task, registry)
         self.mix: RewardMix = mix_from_config(config.reward, registry, self.task.default_rewards)
@@ -300,8 +302,8 @@ class Trainer:
         self.reference = None
         if config.algorithm.beta > 0:
             self.reference = load_policy(config.model).model.eval().requires_grad_(False)
-        self.sampler = sampler_from_config(config.sampling, self.model, self.tokenizer, path=self.policy.path,
-                                           seed=config.seed)
+        self.sampler = build_sampler(registry, config.sampling, self.model, self.tokenizer, path=self.policy.path,
+                                     seed=config.seed)
         if config.train.progress and self.dist.is_main:
             print(f"sampler: {self.sampler.description}", file=sys.stderr, flush=True)
         if self.dist.fsdp and self.sampler.name != "hf":
@@ -346,18 +348,18 @@ class Trainer:
 
     def _check_algorithm(self) -> None:
         a = self.config.algorithm
-        for registry, name in ((algorithms.ADVANTAGE_ESTIMATORS, a.advantage), (algorithms.POLICY_LOSSES,
-                               a.policy_loss), (algorithms.LOSS_AGGREGATIONS, a.loss_aggregation),
-                               (algorithms.KL_ESTIMATORS, a.kl_estimator)):
-            registry.get_checked(name)
-        if algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[a.advantage], "needs_values"):
-            algorithms.VALUE_LOSSES.get_checked(self.config.critic.value_loss)
+        known = self.registry.algorithms
+        for entries, name in ((known.advantage, a.advantage), (known.policy_loss, a.policy_loss),
+                              (known.loss_aggregation, a.loss_aggregation), (known.kl_estimator, a.kl_estimator)):
+            entries.get_checked(name)
+        if algorithms.declared(known.advantage[a.advantage], "needs_values"):
+            known.value_loss.get_checked(self.config.critic.value_loss)
         t = self.config.train
         batch = t.prompts_per_step * t.group_size
         if t.mini_batch_size is not None and (t.mini_batch_size <= 0 or batch % t.mini_batch_size):
             raise ConfigError(f"train.mini_batch_size = {t.mini_batch_size} must divide the "
                               f"{batch} sequences of a step (prompts_per_step x group_size)")
-        if t.group_size < 2 and algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[a.advantage], "needs_groups"):
+        if t.group_size < 2 and algorithms.declared(self.registry.algorithms.advantage[a.advantage], "needs_groups"):
             raise ConfigError(f"train.group_size must be >= 2 for the group-relative advantages of '{a.advantage}'")
 
     def _check_parallel(self) -> None:
@@ -365,7 +367,7 @@ class Trainer:
         if t.prompts_per_step % world:
             raise ConfigError(f"train.prompts_per_step = {t.prompts_per_step} must be divisible by the {world} ranks "
                               "(each samples and scores an equal share of a step's prompts)")
-        if self.dist.fsdp and algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[self.config.algorithm.advantage],
+        if self.dist.fsdp and algorithms.declared(self.registry.algorithms.advantage[self.config.algorithm.advantage],
                                                   "needs_values"):
             raise ConfigError(f"train.parallel = 'fsdp' with a critic ('{self.config.algorithm.advantage}') is not "
                               "supported: use train.parallel = 'ddp'")
@@ -373,7 +375,7 @@ class Trainer:
     def _build_critic(self) -> None:
         """A critic (value model) with its own AdamW and schedule, iff the advantage estimator needs values."""
         self.critic: Critic | None = None
-        if not algorithms.declared(algorithms.ADVANTAGE_ESTIMATORS[self.config.algorithm.advantage], "needs_values"):
+        if not algorithms.declared(self.registry.algorithms.advantage[self.config.algorithm.advantage], "needs_values"):
             return
         c = self.config.critic
         self.critic = build_critic(c, self.model, vocab_size=len(self.tokenizer))
@@ -486,7 +488,7 @@ class Trainer:
         if self.reference is not None:
             with torch.no_grad():  # no graph is kept, and completion_logprobs already goes group by group
                 rollout.ref_logprobs, _ = completion_logprobs(self.reference, rollout, self.config.sampling.temperature)
-            token_kl = algorithms.KL_ESTIMATORS[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs).cpu()
+            token_kl = self.registry.algorithms.kl_estimator[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs).cpu()
             if a.kl_in == "reward":  # the estimator decides how (sequence_rewards() or token_rewards())
                 kl_penalty = a.beta * token_kl * rollout.mask.cpu()
         if self.critic is not None:
@@ -499,7 +501,7 @@ class Trainer:
         if self.dist.enabled:  # the estimator sees the whole step's batch, as in one process; each rank keeps its rows
             inputs = algorithms.AdvantageInputs(**{name: self.dist.gather_rows(value)
                                                    for name, value in vars(inputs).items()})
-        estimator = algorithms.ADVANTAGE_ESTIMATORS[a.advantage]
+        estimator = self.registry.algorithms.advantage[a.advantage]
         result = algorithms.call_with_options(
             estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'")
         if not isinstance(result, algorithms.Advantages):
@@ -526,11 +528,11 @@ class Trainer:
         batch = 0 if rollout.padding else rollout.input_ids.shape[0]
         global_batch = dist.sum(batch)
         mini = t.mini_batch_size or global_batch
-        policy_loss = algorithms.POLICY_LOSSES[a.policy_loss]
-        aggregate = algorithms.LOSS_AGGREGATIONS[a.loss_aggregation]
-        kl_estimator = algorithms.KL_ESTIMATORS[a.kl_estimator]
+        policy_loss = self.registry.algorithms.policy_loss[a.policy_loss]
+        aggregate = self.registry.algorithms.loss_aggregation[a.loss_aggregation]
+        kl_estimator = self.registry.algorithms.kl_estimator[a.kl_estimator]
         c, critic = self.config.critic, self.critic
-        value_loss = algorithms.VALUE_LOSSES[c.value_loss] if critic is not None else None
+        value_loss = self.registry.algorithms.value_loss[c.value_loss] if critic is not None else None
         wrapped = [m for m in (self.policy_forward, self.value_forward) if m is not None]
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
@@ -646,7 +648,7 @@ class Trainer:
         keep = list(range(len(scores)))
         if self.config.train.dynamic_sampling:
             all_scores, all_groups = self.dist.gather_rows(scores), self.dist.gather_rows(rollout.group_ids)
-            _, _, constant = algorithms._group_stats(all_scores, all_groups)
+            _, _, constant = group_stats(all_scores, all_groups)
             constant = self.dist.own_rows(constant, len(scores))
             keep = [i for i in keep if not constant[i]]
             metrics["dynamic_sampling/kept"] = self.dist.sum(len(keep)) / len(all_scores)

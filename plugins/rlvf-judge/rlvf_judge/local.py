@@ -37,9 +37,9 @@ class LocalJudge:
 
     def replies(self, user_texts: list[str], max_new_tokens: int) -> list[str]:
         """Greedy replies (rubric ratings), decoded without special tokens."""
-        from rlvf.api import HFSampler, SamplingParams
+        from rlvf.api import SamplingParams, model_sampler
 
-        sampler = HFSampler(self.model, self.tokenizer, batch_size=self.batch_size)
+        sampler = model_sampler(self.model, self.tokenizer, batch_size=self.batch_size)
         samples = sampler.sample(self._encode(user_texts), SamplingParams(temperature=0.0,
                                                                           max_new_tokens=max_new_tokens))
         return samples.texts
