@@ -15,17 +15,18 @@ from rlvf.engine.http import Retries, RetriesExhausted, acall_with_retries, call
 
 
 class FlakyServer:
-    """Answers each request with the next status of `statuses` (then 200 with {"ok": n})."""
+    """Answers each request with the next status of `statuses`, then 200 with `answer` (default {"ok": n})."""
 
-    def __init__(self, statuses: list[int]):
-        self.statuses, self.requests = list(statuses), 0
+    def __init__(self, statuses: list[int], answer: dict | None = None):
+        self.statuses, self.requests, self.answer = list(statuses), 0, answer
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self):
                 server.requests += 1
                 status = server.statuses.pop(0) if server.statuses else 200
-                body = json.dumps({"ok": server.requests} if status == 200 else {"error": status}).encode()
+                answer = server.answer or {"ok": server.requests}
+                body = json.dumps(answer if status == 200 else {"error": status}).encode()
                 self.send_response(status)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
@@ -47,8 +48,8 @@ class FlakyServer:
 def flaky(request):
     servers = []
 
-    def start(statuses):
-        servers.append(FlakyServer(statuses))
+    def start(statuses, answer=None):
+        servers.append(FlakyServer(statuses, answer))
         return servers[-1]
     yield start
     for server in servers:
@@ -100,3 +101,16 @@ def test_the_wait_doubles_up_to_its_cap():
     assert [Retries(backoff=2.0, max_wait=10.0).wait(k) for k in range(4)] == [2.0, 4.0, 8.0, 10.0]
     with pytest.raises(ValueError, match="retries, backoff and max_wait must be >= 0"):
         Retries(retries=-1)
+
+
+def test_the_vllm_server_sampler_retries_a_busy_server_and_names_one_that_refuses(flaky):
+    from rlvf.errors import ConfigError
+    from rlvf.sampling.vllm_server import VLLMServerSampler
+
+    busy = flaky([503], answer={"data": [{"id": "served-model"}]})
+    sampler = VLLMServerSampler(busy.url, tokenizer=None, eos_ids={0}, retries=1)
+    assert sampler.served_model == "served-model" and busy.requests == 2
+    refusing = flaky([404])
+    with pytest.raises(ConfigError, match=r"sampling.vllm_server: GET .*/v1/models failed: HTTP 404"):
+        VLLMServerSampler(refusing.url, tokenizer=None, eos_ids={0}, retries=3)
+    assert refusing.requests == 1

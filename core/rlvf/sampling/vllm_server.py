@@ -45,35 +45,44 @@ class VLLMServerSampler:
         self.description = f"vllm server {self.url} (model {self.served_model}, weights via {self.weights_dir})"
 
     def _request(self, method: str, path: str, payload: dict[str, Any] | None = None) -> Any:
-        """One API call with retries on connection errors and 5xx answers; a ConfigError naming the server
-        and the endpoint when it stays unreachable."""
+        """One API call with retries (rlvf.engine.http: no connection, timeouts, 408, 429, 5xx); a ConfigError
+        naming the server and the endpoint when it fails for good."""
         import json
         import urllib.error
         import urllib.request
 
+        from rlvf.engine.http import Retries, RetriesExhausted, call_with_retries, retryable_status
+
         data = json.dumps(payload).encode() if payload is not None else None
-        error, answered = "", False
-        for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(min(2.0 ** attempt, 30.0))
+        answered = False
+
+        def send() -> tuple[Any, str | None]:
+            nonlocal answered
             request = urllib.request.Request(self.url + path, data=data, method=method, headers=self.headers)
             try:
                 with urllib.request.urlopen(request, timeout=self.timeout) as response:
                     body = response.read()
-                return json.loads(body) if body else None
+                return (json.loads(body) if body else None), None
             except urllib.error.HTTPError as exc:
-                error, answered = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}", True
+                answered = True
+                error = f"HTTP {exc.code}: {exc.read()[:500].decode(errors='replace')}"
                 if exc.code in (401, 403):
                     error += (" (the server wants a token: sampling.vllm_server_api_key or $RLVF_VLLM_API_KEY, the "
                               "one `rlvf vllm-serve --api-key` was given)")
-                if exc.code < 500:
-                    break  # the request is wrong: retrying will not help
+                if retryable_status(exc.code):
+                    return None, error
+                raise ConfigError(f"sampling.vllm_server: {method} {self.url}{path} failed: {error}") from None
             except (urllib.error.URLError, OSError) as exc:
-                error, answered = str(getattr(exc, "reason", exc)), False
-        hint = "" if answered else (" (is it running? start it with `rlvf vllm-serve MODEL`, which enables the "
-                                    "endpoints weight sync needs)")
-        raise ConfigError(f"sampling.vllm_server: {method} {self.url}{path} failed after {attempt + 1} "
-                          f"attempt(s): {error}{hint}")
+                answered = False
+                return None, str(getattr(exc, "reason", exc))
+
+        try:
+            return call_with_retries(send, Retries(retries=self.retries, backoff=2.0))
+        except RetriesExhausted as exc:
+            hint = "" if answered else (" (is it running? start it with `rlvf vllm-serve MODEL`, which enables the "
+                                        "endpoints weight sync needs)")
+            raise ConfigError(f"sampling.vllm_server: {method} {self.url}{path} failed after {exc.attempts} "
+                              f"attempt(s): {exc.why}{hint}") from None
 
     def sample(self, prompt_ids: list[list[int]], params: SamplingParams, seed: int | None = None) -> Samples:
         from concurrent.futures import ThreadPoolExecutor
