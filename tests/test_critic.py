@@ -1,14 +1,20 @@
-"""The critic: where its weights come from, and values from the trainer's prefix-sharing forward."""
+"""The critic: where its weights come from, values from the trainer's prefix-sharing forward, and the value model
+(ValueModel) that trains it: its loss, optimiser step, schedule and checkpoint state."""
 
 from __future__ import annotations
+
+import io
 
 import pytest
 import torch
 
 from rlvf.config import CriticConfig
+from rlvf.engine.distributed import init_distributed
+from rlvf.engine.optim import adamw_with_schedule, lr_factor
 from rlvf.errors import ConfigError
-from rlvf.models.critic import build_critic
-from rlvf.stages.rl import Rollout, completion_forward, completion_values
+from rlvf.models.critic import ValueModel, build_critic
+from rlvf.models.forward import completion_forward, completion_values
+from rlvf.stages.rollout import Rollout
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +81,70 @@ def test_critic_initialised_from_the_policy_a_causal_lm_or_a_reward_model(policy
         build_critic(CriticConfig(init=str(char_model_dir)), policy_model, vocab_size=vocab + 10)
     with pytest.raises(ConfigError, match=r"critic.init = '.*missing': no such directory"):
         build_critic(CriticConfig(init=str(tmp_path / "missing")), policy_model, vocab)
+
+
+def squared_error(values, old_values, returns, mask, clip):
+    """A value loss as VALUE_LOSSES entries are called: (per-token loss, metrics)."""
+    return (values - returns) ** 2, {"old_distance": ((values - old_values).abs() * mask).sum()}
+
+
+def masked_token_mean(loss, mask, totals):
+    return (loss * mask).sum() / totals.tokens
+
+
+def a_value_model(policy_model, share: bool = False, lr: float = 1e-2) -> ValueModel:
+    critic = build_critic(CriticConfig(share_policy_backbone=share), policy_model, policy_model.config.vocab_size)
+    optimizer, scheduler = adamw_with_schedule(critic.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.999),
+                                               total=4, warmup=0, schedule="linear")
+    return ValueModel(critic, policy_model, optimizer=optimizer, scheduler=scheduler, value_loss=squared_error,
+                      aggregate=masked_token_mean, clip=0.2, max_grad_norm=1.0, dist=init_distributed())
+
+
+def test_value_model_steps_towards_the_returns_on_its_schedule_and_resumes_from_its_state(policy_model):
+    from rlvf.algorithms import BatchTotals
+
+    model = a_value_model(policy_model)
+    rollout = a_rollout()
+    rollout.values = model.values(rollout)  # V_old, as the rollout is made
+    assert not rollout.values.requires_grad and torch.count_nonzero(rollout.values) == 0  # the head starts at 0
+    rollout.returns = torch.ones_like(rollout.mask)
+    totals = BatchTotals(sequences=4, tokens=int(rollout.mask.sum()), max_tokens=3)
+    losses = []
+    for step in range(3):
+        loss, metrics = model.loss(rollout, None, totals)  # None: the critic's own decoder runs
+        assert set(metrics) == {"value_loss", "old_distance"} and torch.equal(metrics["value_loss"], loss.detach())
+        loss.backward()
+        losses.append(float(loss.detach()))
+        assert model.step() > 0  # the gradient norm before clipping
+        assert all(p.grad is None for p in model.parameters())  # zeroed for the next mini-batch
+        assert model.scheduler.get_last_lr()[0] == pytest.approx(1e-2 * lr_factor(step + 1, 4, 0, "linear"))
+    assert losses[0] == pytest.approx(1.0) and losses[-1] < losses[0]  # V moves from 0 towards R = 1
+
+    resumed = a_value_model(policy_model)
+    resumed.module.load_state_dict(model.module.state_dict())
+    state = model.state_dict()
+    assert set(state) == {"critic_optimizer", "critic_scheduler"}  # the checkpoint's entries
+    saved = io.BytesIO()
+    torch.save(state, saved)  # as into a checkpoint: the resumed optimizer shares no tensor with this one
+    resumed.load_state_dict(torch.load(io.BytesIO(saved.getvalue()), weights_only=False))
+    assert resumed.scheduler.get_last_lr() == model.scheduler.get_last_lr()
+    for p, q in zip(model.parameters(), resumed.parameters(), strict=True):
+        assert torch.equal(model.optimizer.state[p]["exp_avg"], resumed.optimizer.state[q]["exp_avg"])
+    for m in (model, resumed):
+        m.loss(rollout, None, totals)[0].backward()
+        m.step()
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), resumed.parameters(), strict=True))
+
+
+def test_a_value_model_on_the_policy_backbone_takes_the_policy_forward_values(policy_model):
+    from rlvf.algorithms import BatchTotals
+
+    model = a_value_model(policy_model, share=True)
+    assert model.shares_policy and model.backbone is None and model.value_forward is None
+    assert sum(p.numel() for p in model.parameters()) == policy_model.config.hidden_size + 1
+    rollout = a_rollout()
+    rollout.values, rollout.returns = model.values(rollout), torch.ones_like(rollout.mask)
+    _, _, values = completion_forward(policy_model, rollout, 1.0, value_head=model.module)
+    totals = BatchTotals(sequences=4, tokens=int(rollout.mask.sum()), max_tokens=3)
+    loss, _ = model.loss(rollout, values, totals)
+    assert torch.equal(loss, masked_token_mean((values - 1) ** 2, rollout.mask, totals))

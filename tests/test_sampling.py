@@ -75,7 +75,8 @@ def test_pass_at_k_against_hand_values():
 def test_prefix_shared_training_logprobs_equal_a_full_forward(policy):
     """The trainer runs each prompt once and repeats its KV cache for the group's completions; the result
     must equal running every prompt + completion through the model on its own."""
-    from rlvf.stages.rl import Rollout, completion_logprobs
+    from rlvf.models.forward import completion_logprobs
+    from rlvf.stages.rollout import Rollout
 
     ids = encode_prompts(policy.tokenizer, PROMPTS)
     samples = HFSampler(policy.model, policy.tokenizer).sample(ids, SamplingParams(max_new_tokens=9, n=3), seed=1)

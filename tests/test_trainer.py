@@ -116,7 +116,7 @@ def test_resume_reproduces_an_uninterrupted_run(toy, tmp_path, algorithm):
     assert resumed.step == 3
     if resumed.critic is not None:  # the critic's weights and optimizer come back from the checkpoint
         assert (tmp_path / "resumed" / "checkpoints" / "step-000003" / "critic" / "critic.safetensors").is_file()
-        assert resumed.critic_optimizer.state_dict()["state"]
+        assert resumed.critic.optimizer.state_dict()["state"]
     resumed.run()
     expected, got = training_metrics(tmp_path / "straight"), training_metrics(tmp_path / "resumed")
     assert [m["step"] for m in got] == [1, 2, 3, 4, 5, 6]

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 
 from rlvf.config import Config
 from rlvf.errors import ConfigError
+from rlvf.models.forward import completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import SamplingParams, model_sampler
 from rlvf.stages.pairs import load_pairs, pair_metrics, prompt_key
-from rlvf.stages.rl import Rollout, completion_logprobs
+from rlvf.stages.rollout import Rollout
 from rlvf.stages.supervised import (
     check_batching,
     encode_completion,

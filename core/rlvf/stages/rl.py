@@ -12,11 +12,11 @@ and it is trained alongside the policy on the estimator's returns with a VALUE_L
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,148 +42,12 @@ from rlvf.engine.metrics import MetricsLogger, read_metrics
 from rlvf.engine.optim import adamw_with_schedule
 from rlvf.engine.rundir import check_run_dir, write_run_config
 from rlvf.errors import ConfigError
-from rlvf.models.critic import Critic, build_critic
+from rlvf.models.critic import ValueModel, build_critic, value_metrics
+from rlvf.models.forward import PolicyForward, completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import SamplingParams, build_sampler
 from rlvf.stages.evaluate import CORRECT, evaluate, score_samples
-
-
-@dataclass
-class Rollout:
-    """One step's completions as right-padded tensors; row i answers prompt group_ids[i]."""
-
-    input_ids: torch.Tensor  # [B, L] prompt + completion, right-padded
-    attention_mask: torch.Tensor  # [B, L]
-    completion_start: torch.Tensor  # [B] index of the first completion token
-    completion_ids: torch.Tensor  # [B, T] right-padded
-    mask: torch.Tensor  # [B, T] 1 on completion tokens that enter the loss
-    old_logprobs: torch.Tensor  # [B, T] log-probs under the policy that sampled them
-    group_ids: torch.Tensor  # [B]
-    advantages: torch.Tensor | None = None  # [B, T]
-    ref_logprobs: torch.Tensor | None = None  # [B, T]
-    values: torch.Tensor | None = None  # [B, T] the critic's values when the rollout was made (no grad)
-    sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when old_logprobs are recomputed
-    tis_weights: torch.Tensor | None = None  # [B, T] truncated importance weights (algorithm.tis_cap)
-    returns: torch.Tensor | None = None  # [B, T] the critic's targets
-    padding: bool = False  # a stand-in without real rows (see stand_in)
-
-    def stand_in(self) -> Rollout:
-        """One row with an all-zero mask: it adds nothing to a loss or its gradient. A rank without rows of a
-        (mini/micro-)batch runs it so that its collective operations match the other ranks' (rlvf.engine.distributed)."""
-        part = self.select([0])
-        part.mask = torch.zeros_like(part.mask)
-        part.padding = True
-        return part
-
-    def select(self, rows: torch.Tensor | list[int]) -> Rollout:
-        rows = torch.as_tensor(rows, dtype=torch.long)
-        picked = {name: (value[rows] if isinstance(value, torch.Tensor) else value)
-                  for name, value in self.__dict__.items()}
-        # Trim padding the selected rows do not need.
-        width = int(picked["attention_mask"].sum(-1).max())
-        tokens = max(1, int((picked["completion_ids"] != -1).sum(-1).max()))
-        picked["input_ids"], picked["attention_mask"] = picked["input_ids"][:, :width], \
-            picked["attention_mask"][:, :width]
-        for name in ("completion_ids", "mask", "old_logprobs", "advantages", "ref_logprobs", "values", "returns",
-                     "sampler_logprobs", "tis_weights"):
-            if picked[name] is not None:
-                picked[name] = picked[name][:, :tokens]
-        return Rollout(**picked)
-
-
-def completion_hidden_states(decoder, rollout: Rollout):
-    """Per group of the rollout: (its rows, the decoder's hidden states [rows, T, H] that predict its
-    completion tokens), i.e. position t holds the state before completion token t.
-
-    The G completions of a prompt share it, so each prompt runs through the decoder once and its KV cache is
-    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens.
-    """
-    device = rollout.input_ids.device
-    steps = rollout.completion_ids.shape[1]
-    for group in torch.unique(rollout.group_ids).tolist():
-        rows = (rollout.group_ids == group).nonzero().squeeze(1)
-        start = int(rollout.completion_start[rows[0]])
-        prefix = decoder(input_ids=rollout.input_ids[rows[0], :start][None], use_cache=True)
-        hidden = prefix.last_hidden_state[:, -1:].expand(len(rows), -1, -1)  # predicts the first token
-        tokens = rollout.completion_ids[rows.to(device)].clamp(min=0)
-        if steps > 1:
-            cache = prefix.past_key_values
-            cache.batch_repeat_interleave(len(rows))
-            attention = torch.cat([torch.ones(len(rows), start, dtype=torch.long, device=device),
-                                   (rollout.completion_ids[rows.to(device)] != -1).long()], dim=1)[:, :-1]
-            positions = torch.arange(start, start + steps - 1, device=device).expand(len(rows), -1)
-            body = decoder(input_ids=tokens[:, :-1], attention_mask=attention, position_ids=positions,
-                           past_key_values=cache).last_hidden_state
-            hidden = torch.cat([hidden, body], dim=1)
-        yield rows, hidden
-
-
-def _in_row_order(rows: list[torch.Tensor], parts: list[torch.Tensor]) -> torch.Tensor:
-    order = torch.argsort(torch.cat(rows)).to(parts[0].device)  # back to the rollout's row order
-    return torch.cat(parts)[order]
-
-
-def completion_forward(model, rollout: Rollout, temperature: float, with_entropy: bool = False,
-                       value_head=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(log-probs [B, T] of the completion tokens under `model` at the sampling temperature, the per-token
-    entropy of the policy without gradient if asked, and `value_head` applied to the same hidden states if
-    given: a critic sharing the policy's backbone). The LM head (49k x 576 for SmolLM2) runs only on the
-    hidden states that predict completion tokens."""
-    head = model.get_output_embeddings()
-    rows_out, logprobs_out, entropy_out, values_out = [], [], [], []
-    for rows, hidden in completion_hidden_states(model.get_decoder(), rollout):
-        tokens = rollout.completion_ids[rows.to(hidden.device)].clamp(min=0)
-        log_probs = torch.log_softmax(head(hidden).float() / max(temperature, 1e-6), dim=-1)
-        logprobs_out.append(log_probs.gather(-1, tokens[:, :, None]).squeeze(-1))
-        if with_entropy:
-            with torch.no_grad():
-                entropy_out.append(-(log_probs.exp() * log_probs).sum(-1))
-        if value_head is not None:
-            values_out.append(value_head(hidden))
-        rows_out.append(rows)
-    entropy = _in_row_order(rows_out, entropy_out) if with_entropy else None
-    values = _in_row_order(rows_out, values_out) if value_head is not None else None
-    return _in_row_order(rows_out, logprobs_out), entropy, values
-
-
-def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
-    """Log-probs of the completion tokens under `model` at the sampling temperature, [B, T] (and the
-    per-token entropy of the policy, without gradient, if asked); see completion_forward."""
-    logprobs, entropy, _ = completion_forward(model, rollout, temperature, with_entropy)
-    return logprobs, entropy
-
-
-def completion_values(decoder, value_head, rollout: Rollout) -> torch.Tensor:
-    """`value_head` on `decoder`'s hidden states before each completion token: V [B, T]."""
-    rows_out, values_out = [], []
-    for rows, hidden in completion_hidden_states(decoder, rollout):
-        values_out.append(value_head(hidden))
-        rows_out.append(rows)
-    return _in_row_order(rows_out, values_out)
-
-
-class PolicyForward(torch.nn.Module):
-    """The policy's training forward pass (completion_forward) as one module call, with the value head of a
-    critic that shares its backbone: the module DDP or FSDP wraps, so that their hooks see every use of a weight."""
-
-    def __init__(self, policy, value_head: torch.nn.Module | None = None):
-        super().__init__()
-        self.policy = policy
-        self.value_head = value_head
-
-    def forward(self, rollout: Rollout, temperature: float, with_entropy: bool = False):
-        return completion_forward(self.policy, rollout, temperature, with_entropy, value_head=self.value_head)
-
-
-class ValueForward(torch.nn.Module):
-    """A critic with a decoder of its own, V [B, T] (completion_values) as one module call (for DDP)."""
-
-    def __init__(self, critic: Critic):
-        super().__init__()
-        self.critic = critic
-
-    def forward(self, rollout: Rollout) -> torch.Tensor:
-        return completion_values(self.critic.backbone, self.critic, rollout)
+from rlvf.stages.rollout import Rollout, completion_stats, masked_mean, recompute_old_logprobs, rollout_from_samples
 
 
 def _summed(counts) -> dict[str, int]:
@@ -211,6 +75,46 @@ def _merge_results(results: list[MixResult]) -> MixResult:
 def _scalar(value) -> float:
     """A float of a tensor, also of a DTensor (FSDP's gradient norm)."""
     return float(value.full_tensor() if hasattr(value, "full_tensor") else value)
+
+
+class _StepMeans:
+    """A step's metrics recorded per micro-batch or optimiser step, averaged over the step (and the ranks)."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + float(value)
+            self.counts[name] = self.counts.get(name, 0) + 1
+
+    def over_ranks(self, dist) -> dict[str, float]:
+        sums, counts = self.sums, self.counts
+        if dist.enabled:  # every rank's records; a loss is the sum of the ranks' parts (one record each per step)
+            gathered = dist.gather_objects((sums, counts))
+            sums = {name: sum(s.get(name, 0.0) for s, _ in gathered) for name in sorted({n for s, _ in gathered
+                                                                                        for n in s})}
+            counts = {name: sum(c.get(name, 0) for _, c in gathered) // (dist.world_size if name == "loss" else 1)
+                      for name in sums}
+        return {name: sums[name] / counts[name] for name in sums}
+
+
+class _Timings(dict):
+    """Seconds of each phase of a step: `with timings("time/scoring"): ...`."""
+
+    def __init__(self):
+        super().__init__()
+        self.start = time.perf_counter()
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        mark = time.perf_counter()
+        yield
+        self[name] = time.perf_counter() - mark
+
+    def since_start(self) -> float:
+        return time.perf_counter() - self.start
 
 
 class _NoLogger:
@@ -262,19 +166,6 @@ class _StopRequest:
             self._signal.signal(self._signal.SIGINT, self._previous)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
-    return float((values * mask).sum() / mask.sum().clamp(min=1))
-
-
-def _value_metrics(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
-    """Mean value and return, and the explained variance 1 - Var(R - V) / Var(R) over the real tokens."""
-    selected = mask > 0
-    v, r = values[selected].float(), returns[selected].float()
-    explained = 1 - (r - v).var() / r.var() if len(r) > 1 and float(r.var()) > 0 else torch.tensor(float("nan"))
-    return {"critic/values_mean": float(v.mean()), "critic/returns_mean": float(r.mean()),
-            "critic/explained_variance": float(explained)}
-
-
 class Trainer:
     def __init__(self, config: Config, registry, resume: bool = False, force_resume: bool = False):
         self.config = config
@@ -312,15 +203,11 @@ class Trainer:
         self._build_critic()
         # The modules whose forward passes train: as they are on one process, under DDP, or sharded by FSDP2 (the
         # decoder layers as units), which is why the optimizer is built after them.
-        shared_head = self.critic if self.critic is not None and self.critic.shares_policy else None
+        shared_head = self.critic.module if self.critic is not None and self.critic.shares_policy else None
         self.policy_forward = self.dist.wrap(PolicyForward(self.model, shared_head),
                                              shard_layers=list(getattr(self.model.get_decoder(), "layers", [])))
-        self.value_forward = None
-        if self.critic is not None and not self.critic.shares_policy:
-            self.value_forward = self.dist.wrap(ValueForward(self.critic))
         self.optimizer, self.scheduler = self._optimizer(self.model.parameters(), config.train.lr)
         self.step = 0
-        self.history: list[dict[str, float]] = []
         self.last_checkpoint: int | None = None  # the step of the last checkpoint saved or resumed from
         self._scored = None  # (rows, MixResult) of the last step, for train.log_completions_every
         if resume:
@@ -373,17 +260,17 @@ class Trainer:
                               "supported: use train.parallel = 'ddp'")
 
     def _build_critic(self) -> None:
-        """A critic (value model) with its own AdamW and schedule, iff the advantage estimator needs values."""
-        self.critic: Critic | None = None
+        """A value model with its own AdamW and schedule, iff the advantage estimator needs values."""
+        self.critic: ValueModel | None = None
         if not algorithms.declared(self.registry.algorithms.advantage[self.config.algorithm.advantage], "needs_values"):
             return
         c = self.config.critic
-        self.critic = build_critic(c, self.model, vocab_size=len(self.tokenizer))
-        self.critic_optimizer, self.critic_scheduler = self._optimizer(self.critic.parameters(), c.lr)
-
-    def critic_values(self, rollout: Rollout) -> torch.Tensor:
-        """V [B, T] of the states before each completion token, from the critic's decoder (or the policy's)."""
-        return completion_values(self.critic.decoder(self.model), self.critic, rollout)
+        critic = build_critic(c, self.model, vocab_size=len(self.tokenizer))
+        optimizer, scheduler = self._optimizer(critic.parameters(), c.lr)
+        self.critic = ValueModel(critic, self.model, optimizer=optimizer, scheduler=scheduler,
+                                 value_loss=self.registry.algorithms.value_loss[c.value_loss],
+                                 aggregate=self.registry.algorithms.loss_aggregation[self.config.algorithm.loss_aggregation],
+                                 clip=c.value_clip, max_grad_norm=self.config.train.max_grad_norm, dist=self.dist)
 
     def _optimizer_steps_per_step(self) -> int:
         t = self.config.train
@@ -409,6 +296,8 @@ class Trainer:
     # --- one step ---
 
     def rollout(self, rows: list[dict[str, Any]]) -> tuple[Rollout, Any, dict[str, float]]:
+        """This rank's completions of `rows` (group_size each) as a Rollout, the sampler's Samples, and the
+        completions' length statistics."""
         s, t = self.config.sampling, self.config.train
         params = SamplingParams(temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
                                 n=t.group_size, stop=s.stop)
@@ -416,59 +305,18 @@ class Trainer:
         seed = self.config.seed * 1_000_003 + self.step + 7_919_000_003 * self.dist.rank  # ranks sample apart
         with self.dist.full_weights(self.policy_forward):
             samples = self.sampler.sample(prompt_ids, params, seed=seed)
-        pad = self.tokenizer.pad_token_id
-        sequences = [prompt_ids[samples.prompt_index(i)] + ids for i, ids in enumerate(samples.completion_ids)]
-        width, tokens = max(map(len, sequences)), max(1, max(map(len, samples.completion_ids)))
-        input_ids = torch.tensor([seq + [pad] * (width - len(seq)) for seq in sequences])
-        attention = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences])
-        completion_ids = torch.tensor([ids + [-1] * (tokens - len(ids)) for ids in samples.completion_ids])
-        mask = (completion_ids != -1).float()
-        if t.mask_truncated:
-            mask = mask * (1 - torch.tensor(samples.truncated, dtype=torch.float))[:, None]
-        old = torch.tensor([lp + [0.0] * (tokens - len(lp)) for lp in samples.logprobs])
-        rollout = Rollout(
-            input_ids=input_ids.to(self.policy.device), attention_mask=attention.to(self.policy.device),
-            completion_start=torch.tensor([len(prompt_ids[samples.prompt_index(i)]) for i in range(len(sequences))],
-                                          device=self.policy.device),
-            completion_ids=completion_ids.to(self.policy.device), mask=mask.to(self.policy.device),
-            old_logprobs=old.to(self.policy.device),
-            # numbered across ranks (rank r holds prompts r * len(rows) ...), as in a single process
-            group_ids=torch.tensor([samples.prompt_index(i) + self.dist.rank * len(rows)
-                                    for i in range(len(sequences))]),
-        )
-        lengths, truncated = [len(ids) for ids in samples.completion_ids], list(samples.truncated)
-        if self.dist.enabled:  # statistics of the whole step
-            gathered = self.dist.gather_objects((lengths, truncated))
-            lengths, truncated = [n for part in gathered for n in part[0]], [f for part in gathered for f in part[1]]
-        stats = {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
-                 "completion/truncated": sum(truncated) / len(lengths), "tokens/generated": sum(lengths)}
-        return rollout, samples, stats
+        # groups numbered across ranks (rank r holds prompts r * len(rows) ...), as in a single process
+        rollout = rollout_from_samples(prompt_ids, samples, pad_id=self.tokenizer.pad_token_id,
+                                       mask_truncated=t.mask_truncated, device=self.policy.device,
+                                       first_group=self.dist.rank * len(rows))
+        return rollout, samples, completion_stats(samples, self.dist)
 
     def recompute_old_logprobs(self, rollout: Rollout) -> dict[str, float]:
-        """Old log-probs from the trainer's own model for a sampler that computes them another way (vLLM), the
-        mismatch between the two, and truncated importance weights if algorithm.tis_cap is set."""
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad(), self.dist.full_weights(self.policy_forward):
-            trainer, _ = completion_logprobs(self.model, rollout, self.config.sampling.temperature)
-        self.model.train(was_training)
-        real = rollout.completion_ids != -1
-        rollout.sampler_logprobs, rollout.old_logprobs = rollout.old_logprobs, trainer * real
-        log_ratio = rollout.old_logprobs - rollout.sampler_logprobs  # log pi_trainer / pi_sampler, 0 on padding
-        ratio = log_ratio.exp()
-        cap = self.config.algorithm.tis_cap
-        if cap is not None:
-            rollout.tis_weights = ratio.clamp(max=cap)
-        # the metrics over the whole step's batch (every rank's rows under torchrun)
-        log_ratio, real = self.dist.gather_rows(log_ratio), self.dist.gather_rows(real.float()) > 0
-        ratio = log_ratio.exp()
-        metrics = {"mismatch/kl": _masked_mean(ratio - 1 - log_ratio, real),  # k3 estimate of KL(sampler || trainer)
-                   "mismatch/ratio_mean": _masked_mean(ratio, real),
-                   "mismatch/ratio_max": float(ratio[real].max()) if bool(real.any()) else 1.0,
-                   "mismatch/ratio_min": float(ratio[real].min()) if bool(real.any()) else 1.0}
-        if cap is not None:
-            metrics["mismatch/tis_clipped"] = _masked_mean((ratio > cap).float(), real)
-        return metrics
+        """The trainer's own old log-probs for a sampler that computes them another way (vLLM), truncated
+        importance weights if algorithm.tis_cap is set, and the mismatch metrics (rlvf.stages.rollout)."""
+        return recompute_old_logprobs(rollout, self.model, temperature=self.config.sampling.temperature,
+                                      tis_cap=self.config.algorithm.tis_cap, dist=self.dist,
+                                      wrapped_policy=self.policy_forward)
 
     def score(self, rows, samples) -> tuple[torch.Tensor, dict[str, float]]:
         _, result = score_samples(self.mix, rows, samples)
@@ -488,12 +336,12 @@ class Trainer:
         if self.reference is not None:
             with torch.no_grad():  # no graph is kept, and completion_logprobs already goes group by group
                 rollout.ref_logprobs, _ = completion_logprobs(self.reference, rollout, self.config.sampling.temperature)
-            token_kl = self.registry.algorithms.kl_estimator[a.kl_estimator](rollout.old_logprobs, rollout.ref_logprobs).cpu()
+            kl_estimator = self.registry.algorithms.kl_estimator[a.kl_estimator]
+            token_kl = kl_estimator(rollout.old_logprobs, rollout.ref_logprobs).cpu()
             if a.kl_in == "reward":  # the estimator decides how (sequence_rewards() or token_rewards())
                 kl_penalty = a.beta * token_kl * rollout.mask.cpu()
-        if self.critic is not None:
-            with torch.no_grad():  # the values of the critic that saw the rollout: V_old of the value loss
-                rollout.values = self.critic_values(rollout)
+        if self.critic is not None:  # the values of the critic that saw the rollout: V_old of the value loss
+            rollout.values = self.critic.values(rollout)
         inputs = algorithms.AdvantageInputs(scores=scores, group_ids=rollout.group_ids, mask=rollout.mask.cpu(),
                                             token_kl=token_kl, kl_penalty=kl_penalty,
                                             values=None if rollout.values is None else rollout.values.cpu())
@@ -507,13 +355,13 @@ class Trainer:
         if not isinstance(result, algorithms.Advantages):
             result = algorithms.Advantages(advantages=result)
         rollout.advantages = self.dist.own_rows(result.advantages, rows, width).to(rollout.mask.device)
-        metrics["advantage/abs_mean"] = _masked_mean(result.advantages.abs(), inputs.mask)
+        metrics["advantage/abs_mean"] = masked_mean(result.advantages.abs(), inputs.mask)
         if self.critic is not None:
             if result.returns is None:
                 raise ConfigError(f"advantage estimator '{a.advantage}' needs values but returns no returns "
                                   "(algorithms.Advantages) for the critic to learn from")
             rollout.returns = self.dist.own_rows(result.returns, rows, width).to(rollout.mask.device)
-            metrics |= _value_metrics(inputs.values, result.returns, inputs.mask)
+            metrics |= value_metrics(inputs.values, result.returns, inputs.mask)
         return metrics
 
     def update(self, rollout: Rollout) -> dict[str, float]:
@@ -524,27 +372,15 @@ class Trainer:
         size (DDP and FSDP average gradients). Ranks run as many micro-batches each, a rank short of rows running
         stand-ins that add nothing (Rollout.stand_in), so that their collective operations match.
         """
-        t, a, dist = self.config.train, self.config.algorithm, self.dist
+        t, dist = self.config.train, self.dist
         batch = 0 if rollout.padding else rollout.input_ids.shape[0]
         global_batch = dist.sum(batch)
         mini = t.mini_batch_size or global_batch
-        policy_loss = self.registry.algorithms.policy_loss[a.policy_loss]
-        aggregate = self.registry.algorithms.loss_aggregation[a.loss_aggregation]
-        kl_estimator = self.registry.algorithms.kl_estimator[a.kl_estimator]
-        c, critic = self.config.critic, self.critic
-        value_loss = self.registry.algorithms.value_loss[c.value_loss] if critic is not None else None
-        wrapped = [m for m in (self.policy_forward, self.value_forward) if m is not None]
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-
-        def record(name, value):
-            sums[name] = sums.get(name, 0.0) + float(value)
-            counts[name] = counts.get(name, 0) + 1
-
+        means = _StepMeans()
         generator = torch.Generator().manual_seed(self.config.seed * 1_000_003 + self.step)
         self.model.train()
-        if critic is not None:
-            critic.train()
+        if self.critic is not None:
+            self.critic.train()
         for epoch in range(t.epochs):
             order = (torch.randperm(batch, generator=generator) if t.epochs > 1 or mini < global_batch
                      else torch.arange(batch))
@@ -554,112 +390,118 @@ class Trainer:
                 chunks = [order[start: start + mini] for start in range(0, batch, mini)]
             for rows in chunks:
                 part = rollout.select(rows) if len(rows) else rollout.stand_in()
-                totals = algorithms.BatchTotals(sequences=dist.sum(len(rows)), tokens=dist.sum(int(part.mask.sum())),
-                                                max_tokens=self.config.sampling.max_new_tokens)
-                # A group's completions kept together: its prompt then runs once per micro-batch.
-                by_group = torch.argsort(part.group_ids, stable=True)
-                starts = list(range(0, len(rows), t.micro_batch_size))
-                micro_batches = int(dist.max(len(starts))) if dist.enabled else len(starts)
-                mini_batch_loss = 0.0
-                for index in range(micro_batches):
-                    real = index < len(starts)
-                    micro = (part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real
-                             else part.stand_in())
-                    # gradients are reduced over the ranks once per mini-batch, in the backward of its last micro-batch
-                    with dist.accumulating(wrapped, sync=index == micro_batches - 1):
-                        logprobs, entropy, values = self.policy_forward(micro, self.config.sampling.temperature,
-                                                                        with_entropy=epoch == 0)
-                        token_loss, loss_metrics = algorithms.call_with_options(
-                            policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
-                            options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
-                        if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
-                            token_loss = token_loss * micro.tis_weights
-                        if self.reference is not None:
-                            kl = kl_estimator(logprobs, micro.ref_logprobs)
-                            if a.kl_in == "loss":
-                                token_loss = token_loss + a.beta * kl
-                            if real:
-                                record("kl", _masked_mean(kl.detach(), micro.mask))
-                        loss = aggregate(token_loss, micro.mask, totals)
-                        if critic is not None:
-                            if values is None:  # the critic has its own decoder
-                                values = self.value_forward(micro)
-                            value_token_loss, value_metrics = value_loss(values, micro.values, micro.returns,
-                                                                         micro.mask, clip=c.value_clip)
-                            critic_loss = aggregate(value_token_loss, micro.mask, totals)
-                            if real:
-                                record("value_loss", critic_loss.detach())
-                                for name, value in value_metrics.items():
-                                    record(name, value)
-                            if critic.shares_policy:  # one backward through the shared backbone
-                                loss = loss + c.vf_coef * critic_loss
-                            else:
-                                (critic_loss * dist.world_size).backward()
-                        (loss * dist.world_size).backward()  # DDP and FSDP average over ranks: the sum is wanted
-                    mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
-                    if not real:
-                        continue
-                    for name, value in loss_metrics.items():
-                        record(name, value)
-                    if entropy is not None:
-                        record("entropy", _masked_mean(entropy, micro.mask))
-                    ratio = torch.exp(logprobs.detach() - micro.old_logprobs)
-                    record("ratio/mean", _masked_mean(ratio, micro.mask))
-                record("loss", mini_batch_loss)
-                record("grad_norm", _scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm)))
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                if critic is not None:
-                    record("critic/grad_norm", torch.nn.utils.clip_grad_norm_(critic.parameters(), t.max_grad_norm))
-                    self.critic_optimizer.step()
-                    self.critic_scheduler.step()
-                    self.critic_optimizer.zero_grad(set_to_none=True)
-        if dist.enabled:  # every rank's records; a loss is the sum of the ranks' parts (one record each per step)
-            gathered = dist.gather_objects((sums, counts))
-            sums = {name: sum(s.get(name, 0.0) for s, _ in gathered) for name in sorted({n for s, _ in gathered
-                                                                                        for n in s})}
-            counts = {name: sum(c.get(name, 0) for _, c in gathered) // (dist.world_size if name == "loss" else 1)
-                      for name in sums}
-        metrics = {name: sums[name] / counts[name] for name in sums}
+                means.add(self._mini_batch_step(part, len(rows), means, with_entropy=epoch == 0))
+        metrics = means.over_ranks(dist)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def train_step(self) -> dict[str, float]:
-        timings: dict[str, float] = {}
-        begin = time.perf_counter()
-        rows = self.prompts_for_step(self.step)
-        share = len(rows) // self.dist.world_size
-        rows = rows[self.dist.rank * share: (self.dist.rank + 1) * share]  # this rank's prompts (all, on one)
-        rollout, samples, metrics = self.rollout(rows)
-        timings["time/sampling"] = time.perf_counter() - begin
-        if not self.sampler.exact_logprobs:
-            mark = time.perf_counter()
-            metrics |= self.recompute_old_logprobs(rollout)
-            timings["time/old_logprobs"] = time.perf_counter() - mark
+    def _mini_batch_step(self, part: Rollout, rows: int, means: _StepMeans, with_entropy: bool) -> dict[str, float]:
+        """One optimiser step on this rank's `rows` rows (`part`) of a mini-batch: its micro-batches accumulate
+        gradients, which are reduced over the ranks in the backward of the last. Each real micro-batch's metrics go
+        to `means`; returns the step's loss and gradient norms."""
+        t, dist = self.config.train, self.dist
+        totals = algorithms.BatchTotals(sequences=dist.sum(rows), tokens=dist.sum(int(part.mask.sum())),
+                                        max_tokens=self.config.sampling.max_new_tokens)
+        critic_forward = self.critic.value_forward if self.critic is not None else None
+        wrapped = [m for m in (self.policy_forward, critic_forward) if m is not None]
+        # A group's completions kept together: its prompt then runs once per micro-batch.
+        by_group = torch.argsort(part.group_ids, stable=True)
+        starts = list(range(0, rows, t.micro_batch_size))
+        micro_batches = int(dist.max(len(starts))) if dist.enabled else len(starts)
+        mini_batch_loss = 0.0
+        for index in range(micro_batches):
+            real = index < len(starts)
+            micro = part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real else \
+                part.stand_in()
+            with dist.accumulating(wrapped, sync=index == micro_batches - 1):
+                loss, critic_loss, metrics = self._micro_batch_loss(micro, totals, with_entropy)
+                if critic_loss is not None:
+                    (critic_loss * dist.world_size).backward()
+                (loss * dist.world_size).backward()  # DDP and FSDP average over ranks: the sum is wanted
+            mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
+            if real:
+                means.add(metrics)
+        step = {"loss": mini_batch_loss,
+                "grad_norm": _scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))}
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.critic is not None:
+            step["critic/grad_norm"] = self.critic.step()
+        return step
 
-        mark = time.perf_counter()
-        scores, reward_metrics = self.score(rows, samples)
-        metrics |= reward_metrics
-        timings["time/scoring"] = time.perf_counter() - mark
+    def _micro_batch_loss(self, micro: Rollout, totals: algorithms.BatchTotals, with_entropy: bool
+                          ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+        """(the policy's loss on a micro-batch: its policy loss, times the TIS weights, plus beta * KL when
+        algorithm.kl_in = "loss", aggregated over `totals`, plus vf_coef times the loss of a critic that shares
+        its backbone; the loss of a critic with a decoder of its own, else None; the micro-batch's metrics)."""
+        a = self.config.algorithm
+        policy_loss = self.registry.algorithms.policy_loss[a.policy_loss]
+        aggregate = self.registry.algorithms.loss_aggregation[a.loss_aggregation]
+        logprobs, entropy, values = self.policy_forward(micro, self.config.sampling.temperature,
+                                                        with_entropy=with_entropy)
+        token_loss, loss_metrics = algorithms.call_with_options(
+            policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
+            options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
+        if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
+            token_loss = token_loss * micro.tis_weights
+        metrics: dict[str, Any] = {}
+        if self.reference is not None:
+            kl = self.registry.algorithms.kl_estimator[a.kl_estimator](logprobs, micro.ref_logprobs)
+            if a.kl_in == "loss":
+                token_loss = token_loss + a.beta * kl
+            metrics["kl"] = masked_mean(kl.detach(), micro.mask)
+        loss = aggregate(token_loss, micro.mask, totals)
+        critic_loss = None
+        if self.critic is not None:  # `values`: from the policy's forward when the critic shares its backbone
+            critic_loss, critic_metrics = self.critic.loss(micro, values, totals)
+            metrics |= critic_metrics
+            if self.critic.shares_policy:  # one backward through the shared backbone
+                loss, critic_loss = loss + self.config.critic.vf_coef * critic_loss, None
+        metrics |= loss_metrics
+        if entropy is not None:
+            metrics["entropy"] = masked_mean(entropy, micro.mask)
+        metrics["ratio/mean"] = masked_mean(torch.exp(logprobs.detach() - micro.old_logprobs), micro.mask)
+        return loss, critic_loss, metrics
 
-        mark = time.perf_counter()
-        metrics |= self.compute_advantages(rollout, scores)
+    def _rows_to_train(self, rollout: Rollout, scores: torch.Tensor) -> tuple[Rollout | None, dict[str, float]]:
+        """The rows of the rollout the update trains on: all, or with train.dynamic_sampling those of groups whose
+        scores differ (a group scored alike has no advantage to learn from); a stand-in on a rank left without rows
+        while others have some; None if no rank has any."""
         keep = list(range(len(scores)))
+        metrics: dict[str, float] = {}
         if self.config.train.dynamic_sampling:
             all_scores, all_groups = self.dist.gather_rows(scores), self.dist.gather_rows(rollout.group_ids)
             _, _, constant = group_stats(all_scores, all_groups)
             constant = self.dist.own_rows(constant, len(scores))
             keep = [i for i in keep if not constant[i]]
             metrics["dynamic_sampling/kept"] = self.dist.sum(len(keep)) / len(all_scores)
-        kept = self.dist.sum(len(keep))  # over all ranks: a rank left without rows still takes part in the update
-        if kept:
-            metrics |= self.update(rollout if len(keep) == len(scores) else
-                                   rollout.select(keep) if keep else rollout.stand_in())
-        timings["time/training"] = time.perf_counter() - mark
-        if kept:  # the next step samples from the updated policy
+        if not self.dist.sum(len(keep)):  # over all ranks: a rank left without rows still takes part in the update
+            return None, metrics
+        return rollout if len(keep) == len(scores) else rollout.select(keep) if keep else rollout.stand_in(), metrics
+
+    def train_step(self) -> dict[str, float]:
+        """One step: sample this rank's share of the step's prompts, score, estimate advantages, update the policy
+        (and the critic); its metrics and timings, which `run` logs."""
+        timings = _Timings()
+        rows = self.prompts_for_step(self.step)
+        share = len(rows) // self.dist.world_size
+        rows = rows[self.dist.rank * share: (self.dist.rank + 1) * share]  # this rank's prompts (all, on one)
+        with timings("time/sampling"):
+            rollout, samples, metrics = self.rollout(rows)
+        if not self.sampler.exact_logprobs:
+            with timings("time/old_logprobs"):
+                metrics |= self.recompute_old_logprobs(rollout)
+        with timings("time/scoring"):
+            scores, reward_metrics = self.score(rows, samples)
+            metrics |= reward_metrics
+        with timings("time/training"):
+            metrics |= self.compute_advantages(rollout, scores)
+            train_on, kept_metrics = self._rows_to_train(rollout, scores)
+            metrics |= kept_metrics | (self.update(train_on) if train_on is not None else {})
+        if train_on is not None:  # the next step samples from the updated policy
             timings["time/weight_sync"] = self.sampler.sync_weights(self.model)
-        timings["time/step"] = time.perf_counter() - begin
+        timings["time/step"] = timings.since_start()
         metrics["tokens_per_second"] = metrics["tokens/generated"] / timings["time/step"]
         return metrics | timings
 
@@ -768,14 +610,13 @@ class Trainer:
         weights = self._full_policy_weights()
         target = self.output_dir / "checkpoints" / f"step-{self.step:06d}"
         if self.dist.is_main:  # rank 0 writes it
-            critic = {} if self.critic is None else {"critic_optimizer": self.critic_optimizer.state_dict(),
-                                                     "critic_scheduler": self.critic_scheduler.state_dict()}
+            critic = {} if self.critic is None else self.critic.state_dict()
             target = save_checkpoint(self.output_dir, self.step, self.model, optimizer_state=optimizer_state,
                                      scheduler_state=self.scheduler.state_dict(),
                                      data_position=self.step * self.config.train.prompts_per_step,
                                      keep=self.config.train.keep_checkpoints, weights=weights,
                                      tokenizer=self.tokenizer, state=critic,
-                                     parts=None if self.critic is None else {"critic": self.critic})
+                                     parts=None if self.critic is None else {"critic": self.critic.module})
         self.last_checkpoint = self.step
         self.dist.barrier()
         return target
@@ -803,9 +644,8 @@ class Trainer:
                 raise ConfigError(f"checkpoint {checkpoint.directory} has no critic, but "
                                   f"'{self.config.algorithm.advantage}' needs one: it was written by a run of another "
                                   "algorithm")
-            load_part(self.critic, checkpoint, "critic")
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
-            self.critic_scheduler.load_state_dict(state["critic_scheduler"])
+            load_part(self.critic.module, checkpoint, "critic")
+            self.critic.load_state_dict(state)
         restore_rng(checkpoint)
         self.step = self.last_checkpoint = checkpoint.step
         if self.dist.is_main:
