@@ -27,6 +27,7 @@ from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
 from rlvf.api.rewards import MixEntry, RewardMix
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
+from rlvf_judge.config import JudgeStageConfig
 from rlvf_judge.judging import (
     DEFAULT_TEMPLATE,
     answer_token_ids,
@@ -503,7 +504,7 @@ progress = false
 
 
 def test_the_rlaif_examples_are_valid_configs():
-    judge = load_config(REPO / "examples" / "rlaif" / "train_judge.toml")
+    judge = load_config(REPO / "examples" / "rlaif" / "train_judge.toml", schema=JudgeStageConfig)
     assert judge.judge.dataset is None and judge.judge.rows.n == 4 and judge.judge.rows.split == "train"
     grpo = load_config(REPO / "examples" / "rlaif" / "grpo_judge.toml")
     assert grpo.reward.mix["judge"].options["model"] == judge.judge.output_dir + "/final"

@@ -18,7 +18,7 @@ import torch
 from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
 from rlvf.api.rewards import MixEntry, RewardMix
 from rlvf.api.tasks import DatasetTask
-from rlvf.config import ModelConfig, PairsConfig, PreferenceConfig, load_config
+from rlvf.config import Config, ModelConfig, PairsConfig, PreferenceConfig, combined_schema, load_config
 from rlvf.errors import ConfigError, RewardError
 from rlvf.models.loading import load_policy
 from rlvf.plugins import load_registry
@@ -155,6 +155,7 @@ def test_preference_rows_in_text_and_chat_forms(tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_rm(toy_pairs, tmp_path_factory):
+    from rlvf_rm.config import RMStageConfig
     from rlvf_rm.train import run_train_rm
 
     model_dir, pairs, _ = toy_pairs
@@ -162,7 +163,7 @@ def trained_rm(toy_pairs, tmp_path_factory):
     config = load_config(None, overrides(**{
         "model.name": str(model_dir), "preference.dataset": str(pairs), "preference.eval_fraction": 0.25,
         "rm.output_dir": str(output), "rm.lr": 1e-3, "rm.epochs": 3, "rm.batch_size": 16, "rm.micro_batch_size": 16,
-        "rm.progress": False}))
+        "rm.progress": False}), schema=RMStageConfig)
     return run_train_rm(config), output
 
 
@@ -395,8 +396,12 @@ TINY = {
 def test_rlhf_example_configs_are_valid():
     names = sorted(path.name for path in EXAMPLES.glob("*.toml"))
     assert names == ["dpo.toml", "grpo_rm.toml", "rm.toml", "sft.toml"]
+    # Every section of every command (the plugins' stages too): each key of each file is checked.
+    every_command = combined_schema([Config, *(command.schema for command in load_registry().commands.values()
+                                               if command.schema is not None)])
+    assert {"rm", "preference", "pairs", "dpo", "sft"} <= set(every_command.model_fields)
     for name in names:
-        load_config(EXAMPLES / name)
+        load_config(EXAMPLES / name, schema=every_command)
 
 
 @pytest.mark.slow

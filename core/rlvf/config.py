@@ -248,14 +248,6 @@ class SFTConfig(FinetuneConfig, DatasetSource):
     eval_task: bool = False  # also report the [task]'s held-out accuracy ([eval]) before and after
 
 
-class RMConfig(FinetuneConfig):
-    """`rlvf train-rm`: a Bradley-Terry reward model on [preference] pairs, from the [model] checkpoint."""
-
-    output_dir: str = "runs/rm"
-    margin: float = 0.0  # loss -log sigmoid(r+ - r- - margin)
-    margin_column: str | None = None  # a per-pair margin from this column of the data (added to `margin`)
-
-
 class DPOConfig(FinetuneConfig):
     """`rlvf dpo`: DPO (or IPO) on [preference] pairs; the reference log-probs are computed once, up front."""
 
@@ -290,35 +282,6 @@ class PairsConfig(Section):
     max_new_tokens: int = 128
     batch_size: int = 64
 
-
-
-class JudgeRowsConfig(EvalConfig):
-    """`rlvf train-judge` without `judge.dataset`: labelled rows sampled on the [task] and verified with the reward
-    mix (the accuracy reward decides: verified-correct = 1, incorrect = 0). The [eval] keys, other defaults."""
-
-    model: str | None = None  # the policy sampled; none: [model] (the judge being trained)
-    split: Literal["train", "eval"] = "train"
-    limit: int | None = 200  # prompts
-    n: int = 4  # samples per prompt
-    temperature: float = 1.0
-    max_new_tokens: int = 64
-
-
-class JudgeTrainConfig(FinetuneConfig, DatasetSource):
-    """`rlvf train-judge`: train [model] to answer yes to label-1 rows and no to label-0 rows (rlvf.stages.judge).
-    `dataset`: prompt / response / label rows; none: generate them from the [task] (`rows`)."""
-
-    output_dir: str = "runs/judge"
-    eval_fraction: float = 0.2
-    limit: int | None = None  # training rows; none: all
-    rows: JudgeRowsConfig = JudgeRowsConfig()
-    # The judge's question, as the `judge` reward asks it (keep the two the same): none: rlvf.stages.judge.DEFAULT_TEMPLATE
-    template: str | None = None
-    system_prompt: str | None = None
-    chat: bool | None = None  # through the tokenizer's chat template; none: if it has one
-    yes: list[str] = ["yes"]
-    no: list[str] = ["no"]
-    format_weight: float = 1.0  # weight of -log(p(yes) + p(no)) next to the binary loss (1: full-vocabulary CE)
 
 # --- one schema per stage, over a shared base ---
 # A stage validates the sections it reads. A config file may also hold other stages' sections (examples/rlhf/
@@ -363,19 +326,6 @@ class DPOStageConfig(StageConfig):
     dpo: DPOConfig = DPOConfig()
 
 
-class RMStageConfig(StageConfig):
-    """`rlvf train-rm`."""
-
-    preference: PreferenceConfig = PreferenceConfig()
-    rm: RMConfig = RMConfig()
-
-
-class JudgeStageConfig(StageConfig):
-    """`rlvf train-judge`."""
-
-    judge: JudgeTrainConfig = JudgeTrainConfig()
-
-
 def combined_schema(schemas: list[type[StageConfig]], name: str = "Config") -> type[StageConfig]:
     """One schema holding every section of `schemas` (the first schema to declare a section gives its type)."""
     from pydantic import create_model
@@ -393,8 +343,7 @@ def sections_of(schemas: list[type[BaseModel]]) -> set[str]:
 
 
 # Every section of the core's stages: what `load_config` validates when no stage is named (library use, tests).
-Config = combined_schema([RLConfig, SFTStageConfig, PairsStageConfig, DPOStageConfig, RMStageConfig,
-                          JudgeStageConfig])
+Config = combined_schema([RLConfig, SFTStageConfig, PairsStageConfig, DPOStageConfig])
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -27,6 +27,7 @@ from rlvf.api import (
     task_from_config,
     train_loop,
 )
+from rlvf_judge.config import JudgeStageConfig
 from rlvf_judge.judging import (
     DEFAULT_TEMPLATE,
     encode_judge,
@@ -103,7 +104,8 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
 
 # --- rlvf train-judge ---
 
-def run_train_judge(config, registry=None, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
+def run_train_judge(config: JudgeStageConfig, registry=None, *, resume: bool = False, force_resume: bool = False
+                    ) -> dict[str, Any]:
     """Train [model] as a judge on `judge.dataset` rows (or rows generated from the [task]); report held-out
     AUC, accuracy and loss before and after; save the judge as a HF directory in `judge.output_dir`/final."""
     j = config.judge

@@ -22,6 +22,7 @@ from rlvf.api import (
     save_final,
     train_loop,
 )
+from rlvf_rm.config import RMStageConfig
 from rlvf_rm.model import encode_for_reward, load_reward_model, reward_forward, reward_scores
 
 
@@ -50,7 +51,7 @@ def encode_pairs(tokenizer, pairs: list[dict[str, Any]], max_length: int, margin
     return out
 
 
-def run_train_rm(config, registry=None, *, resume: bool = False, force_resume: bool = False
+def run_train_rm(config: RMStageConfig, registry=None, *, resume: bool = False, force_resume: bool = False
                  ) -> dict[str, Any]:
     r = config.rm
     check_batching(r, "rm")
