@@ -3,10 +3,12 @@
     from rlvf.api import hookimpl, completion_text, RewardError
 
 What a stage plugin (a command with its own config section, e.g. rlvf-rm's `train-rm`) builds on:
+- the command: `Command(name, help, run, schema=<its StageConfig subclass>)`, registered by the hook
+  `register_commands`; `run(args)` gets the validated config in `args.config` and the registry in `args.registry`;
 - config: `StageConfig` (a stage's schema: subclass it and add its sections), `Section`, and the sections to
   build them from: `ModelConfig`, `DatasetSource`, `FinetuneConfig`, `EvalConfig`, `PreferenceConfig`;
 - models: `load_policy`, `load_tokenizer`, `pick_device_and_dtype`, `resolve_model`, `encode_prompts`;
-- sampling: `sampler_from_config`, `HFSampler`, `SamplingParams`;
+- sampling: `build_sampler` (from the registry a command gets), `model_sampler`, `HFSampler`, `SamplingParams`;
 - the supervised loop (rlvf.stages.supervised): `prepare_output_dir`, `check_batching`, `train_loop`,
   `save_final`, `task_evaluator`, and `print_stage_results` (what a stage command prints at the end);
 - rows and preference pairs: `load_rows_by_prompt`, `split_by_prompt`, `load_pairs`, `pair_metrics`;
@@ -38,7 +40,7 @@ _EXPORTS = {
     "load_policy": "rlvf.models.loading", "load_tokenizer": "rlvf.models.loading",
     "pick_device_and_dtype": "rlvf.models.loading", "encode_prompts": "rlvf.models.loading",
     "resolve_model": "rlvf.models.names",
-    "sampler_from_config": "rlvf.sampling", "HFSampler": "rlvf.sampling", "SamplingParams": "rlvf.sampling",
+    "HFSampler": "rlvf.sampling", "SamplingParams": "rlvf.sampling",
     "build_sampler": "rlvf.sampling", "model_sampler": "rlvf.sampling", "Sampler": "rlvf.sampling",
     "Samples": "rlvf.sampling", "algorithm": "rlvf.algorithms", "AdvantageInputs": "rlvf.algorithms",
     "Advantages": "rlvf.algorithms", "BatchTotals": "rlvf.algorithms",

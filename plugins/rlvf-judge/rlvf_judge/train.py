@@ -14,6 +14,7 @@ from rlvf.api import (
     CORRECT,
     ConfigError,
     ModelConfig,
+    build_sampler,
     check_batching,
     completion_text,
     evaluate,
@@ -21,7 +22,6 @@ from rlvf.api import (
     load_rows_by_prompt,
     mix_from_config,
     prepare_output_dir,
-    sampler_from_config,
     save_final,
     split_by_prompt,
     task_from_config,
@@ -83,8 +83,8 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     accuracy = rows_config.accuracy_reward or mix.names[0]
     policy = load_policy(ModelConfig(name=rows_config.model or config.model.name, dtype=config.model.dtype))
-    sampler = sampler_from_config(config.sampling, policy.model, policy.tokenizer, path=policy.path, seed=config.seed,
-                                  batch_size=rows_config.batch_size)
+    sampler = build_sampler(registry, config.sampling, policy.model, policy.tokenizer, path=policy.path,
+                            seed=config.seed, batch_size=rows_config.batch_size)
     report = evaluate(policy.model, policy.tokenizer, task, mix, rows_config, seed=config.seed, sampler=sampler)
     rows, seen = [], set()
     for scored in report.rows:
