@@ -27,6 +27,19 @@ def run_rlvf(*args: str, env: dict[str, str] | None = None, cwd: Path | None = N
     return result
 
 
+def kill_when(process: subprocess.Popen, done, seconds: float = 180) -> None:
+    """SIGKILL `process` as soon as `done()` holds (e.g. a checkpoint exists); fails if it exits first."""
+    import signal
+    import time
+
+    deadline = time.time() + seconds
+    while time.time() < deadline and not done():
+        assert process.poll() is None, process.stderr.read()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+
 def write_distribution(site: Path, dist_name: str, module_name: str, module_source: str,
                        entry_points: dict[str, str] | None = None, version: str = "0.1.0") -> None:
     """Write an installed distribution into `site` the way pip lays one out: the module plus a

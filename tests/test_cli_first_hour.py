@@ -10,7 +10,8 @@ import tomllib
 
 from conftest import REPO, run_rlvf
 from rlvf.config import Config
-from rlvf.config_docs import REFERENCE_FILE, reference_markdown
+from rlvf.config_docs import REFERENCE_FILE, every_stage_schema, reference_markdown
+from rlvf.plugins import load_registry
 
 
 def test_train_with_no_arguments_refuses_instead_of_starting_a_default_run(tmp_path):
@@ -115,14 +116,15 @@ def test_weights_and_biases_is_checked_before_anything_runs(tmp_path):
 def test_help_points_to_the_config_reference_and_the_reference_is_current():
     for command in ("train", "sft", "config"):
         assert REFERENCE_FILE in run_rlvf(command, "--help").stdout
-    assert (REPO / REFERENCE_FILE).read_text() == reference_markdown() + "\n", (
+    reference = reference_markdown(every_stage_schema(load_registry()))  # the plugins' stages too
+    assert (REPO / REFERENCE_FILE).read_text() == reference + "\n", (
         f"{REFERENCE_FILE} is stale: regenerate it with `rlvf config --reference > {REFERENCE_FILE}`")
-    reference = reference_markdown()
-    for section, key in (("train", "keep_checkpoints"), ("sampling", "vllm_server"), ("reward.ray", "actors")):
+    for section, key in (("train", "keep_checkpoints"), ("sampling", "vllm_server"), ("reward.ray", "actors"),
+                         ("rm", "margin"), ("judge", "format_weight"), ("judge.rows", "n")):
         assert f"## `[{section}]`" in reference and f"| `{key}` |" in reference
 
 
 def test_config_prints_a_resolved_config_that_loads_back(tmp_path):
     out = run_rlvf("config", "train.lr=3e-6", "algorithm=dapo").stdout
-    config = Config.model_validate(tomllib.loads(out))
+    config = every_stage_schema(load_registry()).model_validate(tomllib.loads(out))  # every stage's sections
     assert config.train.lr == 3e-6 and config.algorithm.policy_loss_options == {"eps_low": 0.2, "eps_high": 0.28}

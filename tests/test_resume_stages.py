@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
-
-from conftest import BIN, run_rlvf
 from test_stage_reference import _logged, _setting, _stage_commands
+
+from conftest import BIN, kill_when, run_rlvf
 
 STEPS = 10
 SECTIONS = {"sft": "sft", "train-rm": "rm", "dpo": "dpo", "train-judge": "judge"}
@@ -45,12 +43,7 @@ def test_a_supervised_stage_killed_with_sigkill_resumes_as_if_never_stopped(tmp_
     args = [str(BIN / "rlvf"), *_command(tmp_path, stage, killed, char_model_dir, tiny_model_dir)]
     process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     checkpoints = killed / "checkpoints"
-    deadline = time.time() + 180
-    while time.time() < deadline and not any(checkpoints.glob("step-*")):
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: any(checkpoints.glob("step-*")))
     assert not (killed / "results.json").exists(), "the run finished before it was killed"
     last_saved = max(int(p.name.split("-")[1]) for p in checkpoints.glob("step-*"))
     assert 2 <= last_saved < STEPS

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, run_rlvf, write_distribution
+from conftest import BIN, kill_when, run_rlvf, write_distribution
 from rlvf.config import Config, load_config
 from rlvf.plugins import PluginInfo, load_registry
 from rlvf.stages.rl import Trainer
@@ -139,12 +139,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(toy, tmp_pat
     run_dir = tmp_path / "run"
     process, args, env = start_toy_run(toy, run_dir, steps=40, save_every=2, stdout=subprocess.DEVNULL, text=False)
     checkpoints = run_dir / "checkpoints"
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(checkpoints.glob("step-00000[4-9]")):
-        assert process.poll() is None, process.stderr.read().decode()
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_when(process, lambda: any(checkpoints.glob("step-00000[4-9]")), seconds=120)
     saved = sorted(p.name for p in checkpoints.glob("step-*"))
     assert saved, "no checkpoint was written before the kill"
     last_saved = int(saved[-1].split("-")[1])

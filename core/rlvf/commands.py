@@ -8,10 +8,11 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rlvf.api.commands import Command
 from rlvf.api.hookspecs import hookimpl
+from rlvf.config import Aggregation
 from rlvf.errors import ConfigError
 from rlvf.tools.table import format_table
 
@@ -21,10 +22,11 @@ REFERENCE = "examples/CONFIG.md, or `rlvf config --reference`"
 def load_stage_config(args, schema):
     """The config of a command that reads its own (eval, pairs, score): `schema`'s sections of the file plus
     overrides; sections of other commands' schemas (plugin stages' too) are left to them."""
-    from rlvf.config import Config, load_config, sections_of
+    from rlvf.config import load_config
+    from rlvf.config_docs import every_stage_schema
 
-    schemas = [Config, *(command.schema for command in args.registry.commands.values() if command.schema)]
-    return load_config(args.config, args.overrides, schema=schema, other_sections=sections_of(schemas))
+    return load_config(args.config, args.overrides, schema=schema,
+                       other_sections=set(every_stage_schema(args.registry).model_fields))
 
 
 def cmd_plugins(args) -> None:
@@ -193,13 +195,13 @@ def cmd_eval(args) -> None:
 
 
 def cmd_config(args) -> None:
-    from rlvf.config import Config
-    from rlvf.config_docs import reference_markdown, to_toml
+    from rlvf.config_docs import every_stage_schema, reference_markdown, to_toml
 
-    if args.reference:  # the core's stages (examples/CONFIG.md)
-        print(reference_markdown())
+    schema = every_stage_schema(args.registry)
+    if args.reference:  # examples/CONFIG.md
+        print(reference_markdown(schema))
         return
-    print(to_toml(load_stage_config(args, Config).model_dump()), end="")
+    print(to_toml(load_stage_config(args, schema).model_dump(), schema), end="")
 
 
 def cmd_init(args) -> None:
@@ -384,7 +386,7 @@ def _score_arguments(sub) -> None:
     sub.add_argument("config", nargs="?", help="TOML config whose [reward] section defines the mix")
     sub.add_argument("overrides", nargs="*", help="dotted overrides, e.g. reward.aggregation=normalize_then_sum")
     sub.add_argument("--reward", action="append", metavar="NAME[:WEIGHT]", help="a reward in the mix (repeat)")
-    sub.add_argument("--aggregation", choices=["sum", "normalize_then_sum"])
+    sub.add_argument("--aggregation", choices=get_args(Aggregation))
     sub.add_argument("--on-error", choices=["raise", "zero"], help="failure policy for every reward")
     sub.add_argument("--input", required=True, type=Path, help="JSONL rows with 'completion' (and 'prompt', "
                      "plus the columns the rewards read); '-' for stdin")

@@ -19,6 +19,11 @@ from rlvf.algorithms.presets import ALGORITHM_PRESETS
 from rlvf.errors import ConfigError
 
 
+# Names a key may take, listed once: the code that acts on them reads them from here (typing.get_args).
+Aggregation = Literal["sum", "normalize_then_sum"]  # how the reward mix combines its rewards
+ParallelMode = Literal["none", "ddp", "fsdp"]  # how torchrun ranks hold the policy (rlvf.engine.distributed)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -62,7 +67,7 @@ class RayConfig(Section):
 
 
 class RewardConfig(Section):
-    aggregation: Literal["sum", "normalize_then_sum"] = "sum"
+    aggregation: Aggregation = "sum"
     mix: dict[str, RewardEntry] = {}  # empty: the task's default rewards
     executor: Literal["local", "ray"] = "local"  # "ray": each reward runs in Ray actors ([reward.ray])
     ray: RayConfig = RayConfig()
@@ -210,7 +215,7 @@ class TrainConfig(Section):
     progress: bool = True
     # Under torchrun (rlvf.engine.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
     # rank samples and scores its share of the step's prompts. "none": one process.
-    parallel: Literal["none", "ddp", "fsdp"] = "none"
+    parallel: ParallelMode = "none"
 
 
 class FinetuneConfig(Section):
@@ -335,11 +340,6 @@ def combined_schema(schemas: list[type[StageConfig]], name: str = "Config") -> t
         for key, field in schema.model_fields.items():
             fields.setdefault(key, (field.annotation, field))
     return create_model(name, __base__=Section, **fields)
-
-
-def sections_of(schemas: list[type[BaseModel]]) -> set[str]:
-    """The sections (top-level keys) of some stage schemas: `other_sections` of load_config for a command."""
-    return {key for schema in schemas for key in schema.model_fields}
 
 
 # Every section of the core's stages: what `load_config` validates when no stage is named (library use, tests).

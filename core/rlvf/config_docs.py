@@ -17,9 +17,15 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from rlvf.config import Config, RLConfig
+from rlvf.config import Config, RLConfig, combined_schema
 
 REFERENCE_FILE = "examples/CONFIG.md"
+
+
+def every_stage_schema(registry) -> type[BaseModel]:
+    """One schema with every section of every registered stage, the core's and the plugins' (rlvf-rm's [rm])."""
+    return combined_schema([Config, *(command.schema for command in registry.commands.values() if command.schema)],
+                           name="EveryStage")
 
 
 @cache

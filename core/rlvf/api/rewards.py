@@ -20,15 +20,14 @@ import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from rlvf.api.text import reward_completions
-from rlvf.config import RewardConfig, RewardEntry
+from rlvf.config import Aggregation, RewardConfig, RewardEntry
 from rlvf.errors import ConfigError, RewardError
 
 OnError = Literal["raise", "zero"]
-Aggregation = Literal["sum", "normalize_then_sum"]
-AGGREGATIONS = ("sum", "normalize_then_sum")
+AGGREGATIONS = get_args(Aggregation)
 
 
 @dataclass

@@ -24,13 +24,14 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
+from rlvf.config import ParallelMode
 from rlvf.errors import ConfigError
 
-PARALLEL = ("none", "ddp", "fsdp")
+PARALLEL = get_args(ParallelMode)
 
 
 @dataclass

@@ -30,8 +30,7 @@ PROBE = ".rlvf-write-test"
 # reward mix, sampling, algorithm, critic, optimiser and batch shape, seed) changes what is trained.
 RESUMABLE_KEYS = ("train.steps", "train.save_every", "train.keep_checkpoints", "train.eval_every",
                   "train.eval_before", "train.report_to", "train.progress", "train.log_completions_every",
-                  "train.output_dir", "train.parallel", "eval.", "sft.", "rm.", "dpo.", "preference.", "pairs.",
-                  "judge.")
+                  "train.output_dir", "train.parallel", "eval.")
 
 
 def check_run_dir(directory: Path, key: str, *, resume: bool = False, command: str = "") -> Path:

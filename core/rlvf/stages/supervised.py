@@ -29,8 +29,6 @@ from rlvf.engine.rundir import RESULTS_FILE, check_run_dir, write_run_config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
 
-# The sections of the supervised stages: on --resume of one, the others' keys may differ (it does not read them).
-SUPERVISED_SECTIONS = ("sft", "rm", "dpo", "judge")
 # Keys of a supervised stage's own section that may differ on --resume: how long to train, how often to
 # save/evaluate/log, where to report.
 RESUMABLE_OWN_KEYS = ("epochs", "max_steps", "save_every", "keep_checkpoints", "eval_every", "report_to", "progress",
@@ -38,10 +36,9 @@ RESUMABLE_OWN_KEYS = ("epochs", "max_steps", "save_every", "keep_checkpoints", "
 
 
 def resumable_keys(section: str) -> tuple[str, ...]:
-    """What may differ on --resume of the stage of `section`: its own RESUMABLE_OWN_KEYS, `rlvf train`'s sections,
-    the other supervised stages' sections and [eval] (as `rlvf train` allows)."""
-    others = tuple(f"{name}." for name in SUPERVISED_SECTIONS if name != section)
-    return (*(f"{section}.{key}" for key in RESUMABLE_OWN_KEYS), *others, "train.", "algorithm.", "critic.", "eval.")
+    """What may differ on --resume of the stage of `section`: its own RESUMABLE_OWN_KEYS and [eval] (as `rlvf train`
+    allows). Other stages' sections are not in its config (each stage has its own schema), so they never count."""
+    return (*(f"{section}.{key}" for key in RESUMABLE_OWN_KEYS), "eval.")
 
 
 def prepare_output_dir(template: str, key: str, config=None, *, resume: bool = False, force_resume: bool = False,
