@@ -52,6 +52,8 @@ _EXPORTS = {
     "evaluate": "rlvf.stages.evaluate", "CORRECT": "rlvf.stages.evaluate",
     "bearer_headers": "rlvf.engine.server_auth", "token_matches": "rlvf.engine.server_auth",
     "require_token_off_loopback": "rlvf.engine.server_auth", "JUDGE_TOKEN_ENV": "rlvf.engine.server_auth",
+    "Retries": "rlvf.engine.http", "RetriesExhausted": "rlvf.engine.http", "call_with_retries": "rlvf.engine.http",
+    "acall_with_retries": "rlvf.engine.http", "retryable_status": "rlvf.engine.http",
 }
 __all__ = sorted(_EXPORTS)
 

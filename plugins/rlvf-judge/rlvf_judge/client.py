@@ -57,6 +57,9 @@ class ServerJudge:
         if self.yes & self.no:
             raise ValueError(f"spellings {sorted(self.yes & self.no)} are both a yes and a no answer")
         self.top_logprobs, self.timeout, self.retries, self.backoff = top_logprobs, timeout, retries, backoff
+        from rlvf.api import Retries
+
+        self.retry_policy = Retries(retries=retries, backoff=backoff)
         self.concurrency, self.cooldown = concurrency, cooldown
         from rlvf.api import JUDGE_TOKEN_ENV, bearer_headers
 
@@ -89,8 +92,10 @@ class ServerJudge:
             except ValueError:
                 raise RewardError(f"the judge server at {response.request.url} answered with non-JSON: "
                                   f"{response.text[:200]!r}") from None
+        from rlvf.api import retryable_status
+
         detail = f"HTTP {response.status_code}: {response.text[:300]}"
-        if response.status_code in (408, 429) or response.status_code >= 500:
+        if retryable_status(response.status_code):
             return None, detail
         if response.status_code in (401, 403):
             raise RewardError(f"the judge server at {response.request.url} wants a token ({detail}): set the judge "
@@ -98,52 +103,60 @@ class ServerJudge:
         raise RewardError(f"the judge server at {response.request.url} rejected the request ({detail}); check the "
                           "judge reward's `model` and `api` options")
 
+    def _failure(self, exc: Exception) -> str:
+        """Why a request that got no answer (a timeout, a transport error) failed: worth retrying."""
+        if isinstance(exc, self.httpx.TimeoutException):
+            return f"no answer within {self.timeout:g} s (option `timeout`)"
+        return f"{type(exc).__name__}: {exc}"
+
+    def _count_retry(self) -> None:
+        with self._lock:
+            self.metrics["retries"] += 1
+
     def _served_model(self) -> str:
         """The first model the server lists (GET /models), with the same retries: also the reachability check."""
+        from rlvf.api import RetriesExhausted, call_with_retries
+
         url = f"{self.base}/models"
-        error = ""
-        for attempt in range(self.retries + 1):
+
+        def send():
             try:
-                response = self.httpx.get(url, headers=self.headers, timeout=self.timeout)
-                body, error = self._classify(response)
-            except self.httpx.TimeoutException:
-                body, error = None, f"no answer within {self.timeout:g} s (option `timeout`)"
-            except self.httpx.TransportError as exc:
-                body, error = None, f"{type(exc).__name__}: {exc}"
-            if body is not None:
-                models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict) and m.get("id")]
-                if not models:
-                    raise RewardError(f"the judge server at {url} lists no model; set the judge reward's `model` "
-                                      "option to the served model's name")
-                return models[0]
-            if attempt < self.retries:
-                self.metrics["retries"] += 1
-                time.sleep(self.backoff * 2 ** attempt)
-        raise self._fail(url, error, self.retries + 1)
+                return self._classify(self.httpx.get(url, headers=self.headers, timeout=self.timeout))
+            except (self.httpx.TimeoutException, self.httpx.TransportError) as exc:
+                return None, self._failure(exc)
+
+        try:
+            body = call_with_retries(send, self.retry_policy, on_retry=self._count_retry)
+        except RetriesExhausted as exc:
+            raise self._fail(url, exc.why, exc.attempts) from None
+        models = [m.get("id") for m in body.get("data", []) if isinstance(m, dict) and m.get("id")]
+        if not models:
+            raise RewardError(f"the judge server at {url} lists no model; set the judge reward's `model` "
+                              "option to the served model's name")
+        return models[0]
 
     async def _post(self, client, semaphore, path: str, payload: dict[str, Any]) -> dict[str, Any]:
+        from rlvf.api import RetriesExhausted, acall_with_retries
+
         url = f"{self.base}{path}"
-        error = ""
-        for attempt in range(self.retries + 1):
-            self._check_down()
-            try:
-                async with semaphore:
+
+        async def send():
+            self._check_down()  # another request found the server down: fail at once
+            async with semaphore:
+                try:
                     response = await client.post(url, json=payload, headers=self.headers)
-                body, error = self._classify(response)
-            except self.httpx.TimeoutException:
-                body, error = None, f"no answer within {self.timeout:g} s (option `timeout`)"
-            except self.httpx.TransportError as exc:
-                body, error = None, f"{type(exc).__name__}: {exc}"
-            if body is not None:
-                with self._lock:
-                    self.metrics["requests"] += 1
-                    self._down = None
-                return body
-            if attempt < self.retries:
-                with self._lock:
-                    self.metrics["retries"] += 1
-                await asyncio.sleep(self.backoff * 2 ** attempt)
-        raise self._fail(url, error, self.retries + 1)
+                except (self.httpx.TimeoutException, self.httpx.TransportError) as exc:
+                    return None, self._failure(exc)
+            return self._classify(response)
+
+        try:
+            body = await acall_with_retries(send, self.retry_policy, on_retry=self._count_retry)
+        except RetriesExhausted as exc:
+            raise self._fail(url, exc.why, exc.attempts) from None
+        with self._lock:
+            self.metrics["requests"] += 1
+            self._down = None
+        return body
 
     async def _all(self, payloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
         path = "/chat/completions" if self.api == "chat" else "/completions"
