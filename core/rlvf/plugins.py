@@ -101,20 +101,11 @@ class Registry:
             if name not in self.rewards:
                 self.rewards[name] = reward_reference(name)
             return self.rewards[name]
-        if name not in self.rewards:
-            raise PluginError(
-                f"unknown reward '{name}'. Installed rewards: {', '.join(sorted(self.rewards)) or 'none'}. "
-                "Install the plugin that provides it (see `rlvf plugins`)."
-            )
-        return self.rewards[name]
+        return _installed(self.rewards, name, "reward", "Install the plugin that provides it (see `rlvf plugins`).")
 
     def task(self, name: str) -> Task:
-        if name not in self.tasks:
-            raise PluginError(
-                f"unknown task '{name}'. Installed tasks: {', '.join(sorted(self.tasks)) or 'none'}. "
-                "Install the plugin that provides it, or declare a dataset task in the config."
-            )
-        return self.tasks[name]
+        return _installed(self.tasks, name, "task", "Install the plugin that provides it, or declare a dataset task "
+                          "in the config.")
 
     def sampler(self, name: str) -> SamplerSpec:
         if name not in self.samplers:
@@ -199,6 +190,12 @@ class Registry:
                 except Exception as exc:
                     raise PluginError(
                         f"{info.describe()}: hook {hook_name} raised {type(exc).__name__}: {exc}") from exc
+
+
+def _installed(table: dict[str, Any], name: str, kind: str, hint: str) -> Any:
+    if name not in table:
+        raise PluginError(f"unknown {kind} '{name}'. Installed {kind}s: {', '.join(sorted(table)) or 'none'}. {hint}")
+    return table[name]
 
 
 def reward_reference(reference: str) -> RewardSpec:

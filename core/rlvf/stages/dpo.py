@@ -25,18 +25,9 @@ from rlvf.errors import ConfigError
 from rlvf.models.forward import completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.sampling import SamplingParams, model_sampler
+from rlvf.stages import supervised
 from rlvf.stages.pairs import load_pairs, pair_metrics, prompt_key
 from rlvf.stages.rollout import Rollout
-from rlvf.stages.supervised import (
-    check_batching,
-    encode_completion,
-    encode_prompt,
-    fit_length,
-    prepare_output_dir,
-    save_final,
-    task_evaluator,
-    train_loop,
-)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -67,14 +58,14 @@ class PairExample:
 def encode_pair_examples(tokenizer, pairs: list[dict[str, Any]], max_length: int) -> list[PairExample]:
     out = []
     for pair in pairs:
-        prompt = encode_prompt(tokenizer, pair["prompt"])
-        chosen = encode_completion(tokenizer, pair["chosen"])
-        rejected = encode_completion(tokenizer, pair["rejected"])
+        prompt = supervised.encode_prompt(tokenizer, pair["prompt"])
+        chosen = supervised.encode_completion(tokenizer, pair["chosen"])
+        rejected = supervised.encode_completion(tokenizer, pair["rejected"])
         # Both completions fit with the same (possibly shortened) prompt.
         longest = max(len(chosen), len(rejected))
-        kept_prompt, _ = fit_length(prompt, [0] * longest, max_length)
-        out.append(PairExample(kept_prompt, fit_length(kept_prompt, chosen, max_length)[1],
-                               fit_length(kept_prompt, rejected, max_length)[1]))
+        kept_prompt, _ = supervised.fit_length(prompt, [0] * longest, max_length)
+        out.append(PairExample(kept_prompt, supervised.fit_length(kept_prompt, chosen, max_length)[1],
+                               supervised.fit_length(kept_prompt, rejected, max_length)[1]))
     return out
 
 
@@ -144,15 +135,16 @@ def sampled_kl(policy, reference, tokenizer, prompts: list[Any], max_new_tokens:
 
 def run_dpo(config: Config, registry, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
     d = config.dpo
-    check_batching(d, "dpo")
+    supervised.check_batching(d, "dpo")
     if d.beta <= 0:
         raise ConfigError("dpo.beta must be positive")
-    task_eval = task_evaluator(config, registry) if d.eval_task else None
+    task_eval = supervised.task_evaluator(config, registry) if d.eval_task else None
     train_pairs = load_pairs(config.preference, "train", seed=config.seed)
     eval_pairs = load_pairs(config.preference, "eval", seed=config.seed)[: d.eval_limit]
     if not train_pairs:
         raise ConfigError(f"preference.dataset {config.preference.dataset} has no training pairs")
-    run_dir = prepare_output_dir(d.output_dir, "dpo.output_dir", config, resume=resume, force_resume=force_resume)
+    run_dir = supervised.prepare_output_dir(d.output_dir, "dpo.output_dir", config, resume=resume,
+                                            force_resume=force_resume)
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
     model, tokenizer, pad = policy.model, policy.tokenizer, policy.tokenizer.pad_token_id
@@ -196,11 +188,11 @@ def run_dpo(config: Config, registry, *, resume: bool = False, force_resume: boo
         return sampled_kl(model, reference, tokenizer, prompts[: d.kl_prompts], d.kl_max_new_tokens, config.seed,
                           batch_size=d.micro_batch_size)
 
-    results = train_loop(model, train, pair_stats, evaluate, d, run_dir, config.seed, desc="dpo",
+    results = supervised.train_loop(model, train, pair_stats, evaluate, d, run_dir, config.seed, desc="dpo",
                          logged_config=config.model_dump(), finish_fn=kl_to_reference if d.kl_prompts > 0 else None,
                          resume=resume)
     if d.kl_prompts > 0 and not d.reference:
         results["before"] |= {"kl": 0.0, "kl_per_token": 0.0}  # the policy before training is the reference
     results["train_pairs"], results["eval_pairs"] = len(train), len(held_out)
-    save_final(model, tokenizer, run_dir, results)
+    supervised.save_final(model, tokenizer, run_dir, results)
     return results

@@ -23,16 +23,7 @@ from rlvf.api.text import completion_text
 from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import load_policy
-from rlvf.stages.supervised import (
-    check_batching,
-    encode_completion,
-    encode_prompt,
-    fit_length,
-    prepare_output_dir,
-    save_final,
-    task_evaluator,
-    train_loop,
-)
+from rlvf.stages import supervised
 
 
 @dataclass
@@ -75,8 +66,9 @@ def demonstrations(config: Config, registry, split: str) -> list[dict[str, Any]]
 def encode_demonstrations(tokenizer, rows: list[dict[str, Any]], max_length: int) -> list[SFTExample]:
     examples = []
     for row in rows:
-        prompt_ids, completion_ids = fit_length(encode_prompt(tokenizer, row["prompt"]),
-                                                encode_completion(tokenizer, row["completion"]), max_length)
+        prompt_ids, completion_ids = supervised.fit_length(
+            supervised.encode_prompt(tokenizer, row["prompt"]),
+            supervised.encode_completion(tokenizer, row["completion"]), max_length)
         examples.append(SFTExample(prompt_ids, completion_ids))
     return examples
 
@@ -139,12 +131,13 @@ def completion_nll(model, examples: list[SFTExample], pad_id: int, packing: bool
 
 def run_sft(config: Config, registry, *, resume: bool = False, force_resume: bool = False) -> dict[str, Any]:
     s = config.sft
-    check_batching(s, "sft")
-    task_eval = task_evaluator(config, registry) if s.eval_task else None
+    supervised.check_batching(s, "sft")
+    task_eval = supervised.task_evaluator(config, registry) if s.eval_task else None
     train_rows, eval_rows = demonstrations(config, registry, "train"), demonstrations(config, registry, "eval")
     if not train_rows:
         raise ConfigError("[sft]: no training demonstrations")
-    run_dir = prepare_output_dir(s.output_dir, "sft.output_dir", config, resume=resume, force_resume=force_resume)
+    run_dir = supervised.prepare_output_dir(s.output_dir, "sft.output_dir", config, resume=resume,
+                                            force_resume=force_resume)
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
     model, tokenizer = policy.model, policy.tokenizer
@@ -168,10 +161,10 @@ def run_sft(config: Config, registry, *, resume: bool = False, force_resume: boo
             metrics |= task_eval(model, tokenizer)
         return metrics
 
-    results = train_loop(model, train, loss_fn, evaluate, s, run_dir, config.seed,
+    results = supervised.train_loop(model, train, loss_fn, evaluate, s, run_dir, config.seed,
                          weight=lambda e: len(e.completion_ids), desc="sft", logged_config=config.model_dump(),
                          resume=resume)
     results["train_examples"], results["eval_examples"] = len(train), len(held_out)
-    save_final(model, tokenizer, run_dir, results)
+    supervised.save_final(model, tokenizer, run_dir, results)
     return results
 
