@@ -6,8 +6,9 @@ entry named in the config, so the loop below never changes when one is added. On
     prompts -> G completions each (token ids + sampling log-probs) -> reward mix -> advantages
             -> `epochs` passes of mini-batch updates (micro-batches accumulate gradients) -> metrics
 
-An estimator registered with `needs_values` (gae) gets a critic: its values are computed once per rollout,
-and it is trained alongside the policy on the estimator's returns with a VALUE_LOSSES entry.
+The step's tensors are a Rollout (rlvf.stages.rollout); the forward passes over it are rlvf.models.forward's.
+An estimator registered with `needs_values` (gae) gets a critic (rlvf.models.critic.ValueModel): its values are
+computed once per rollout, and it is trained alongside the policy on the estimator's returns with a value loss.
 """
 
 from __future__ import annotations
@@ -390,15 +391,15 @@ class Trainer:
                 chunks = [order[start: start + mini] for start in range(0, batch, mini)]
             for rows in chunks:
                 part = rollout.select(rows) if len(rows) else rollout.stand_in()
-                means.add(self._mini_batch_step(part, len(rows), means, with_entropy=epoch == 0))
+                self._mini_batch_step(part, len(rows), means, with_entropy=epoch == 0)
         metrics = means.over_ranks(dist)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def _mini_batch_step(self, part: Rollout, rows: int, means: _StepMeans, with_entropy: bool) -> dict[str, float]:
+    def _mini_batch_step(self, part: Rollout, rows: int, means: _StepMeans, with_entropy: bool) -> None:
         """One optimiser step on this rank's `rows` rows (`part`) of a mini-batch: its micro-batches accumulate
-        gradients, which are reduced over the ranks in the backward of the last. Each real micro-batch's metrics go
-        to `means`; returns the step's loss and gradient norms."""
+        gradients, which are reduced over the ranks in the backward of the last. Each real micro-batch's metrics,
+        then the step's loss and gradient norms, go to `means`."""
         t, dist = self.config.train, self.dist
         totals = algorithms.BatchTotals(sequences=dist.sum(rows), tokens=dist.sum(int(part.mask.sum())),
                                         max_tokens=self.config.sampling.max_new_tokens)
@@ -411,8 +412,8 @@ class Trainer:
         mini_batch_loss = 0.0
         for index in range(micro_batches):
             real = index < len(starts)
-            micro = part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real else \
-                part.stand_in()
+            micro = (part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real
+                     else part.stand_in())
             with dist.accumulating(wrapped, sync=index == micro_batches - 1):
                 loss, critic_loss, metrics = self._micro_batch_loss(micro, totals, with_entropy)
                 if critic_loss is not None:
@@ -421,14 +422,13 @@ class Trainer:
             mini_batch_loss += float(loss.detach())  # micro-batch losses add up to the mini-batch's
             if real:
                 means.add(metrics)
-        step = {"loss": mini_batch_loss,
-                "grad_norm": _scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))}
+        means.add({"loss": mini_batch_loss,
+                   "grad_norm": _scalar(torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.max_grad_norm))})
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.critic is not None:
-            step["critic/grad_norm"] = self.critic.step()
-        return step
+            means.add({"critic/grad_norm": self.critic.step()})
 
     def _micro_batch_loss(self, micro: Rollout, totals: algorithms.BatchTotals, with_entropy: bool
                           ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
