@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, get_args
 
-from rlvf.api.commands import Command
+from rlvf.api.commands import Command, training_stage
 from rlvf.api.hookspecs import hookimpl
 from rlvf.config import Aggregation
 from rlvf.errors import ConfigError
@@ -283,24 +283,6 @@ def print_stage_results(results: dict[str, Any], summary: list[str], saved_as: s
     print(f"{saved_as}: {results['final_model']}")
 
 
-def cmd_sft(args) -> None:
-    from rlvf.stages.sft import run_sft
-
-    r = run_sft(args.config, args.registry, resume=args.resume or args.force_resume, force_resume=args.force_resume)
-    print_stage_results(r, [
-        f"{r['train_examples']} demonstrations, {r['steps']} optimiser steps; held-out: completion loss per token "
-        f"on {r['eval_examples']} demonstrations"], "final model")
-
-
-def cmd_dpo(args) -> None:
-    from rlvf.stages.dpo import run_dpo
-
-    r = run_dpo(args.config, args.registry, resume=args.resume or args.force_resume, force_resume=args.force_resume)
-    print_stage_results(r, [
-        f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
-        "(rewards/*: implicit rewards beta * log pi/pi_ref)"], "final model")
-
-
 def cmd_pairs(args) -> None:
     from rlvf.api.rewards import mix_from_config
     from rlvf.api.tasks import task_from_config
@@ -456,10 +438,16 @@ def register_commands(register):
                      _eval_arguments))
     register(Command("train", "train a policy with RL (GRPO and friends) on a task and a reward mix", cmd_train,
                      _train_arguments, schema=RLConfig))
-    register(Command("sft", "supervised fine-tuning on demonstrations (loss on completion tokens only)", cmd_sft,
-                     schema=SFTStageConfig))
-    register(Command("dpo", "direct preference optimisation (DPO or IPO) on preference pairs", cmd_dpo,
-                     schema=DPOStageConfig))
+    register(training_stage(
+        "sft", "supervised fine-tuning on demonstrations (loss on completion tokens only)", SFTStageConfig,
+        "rlvf.stages.sft:run_sft", lambda r: [
+            f"{r['train_examples']} demonstrations, {r['steps']} optimiser steps; held-out: completion loss per "
+            f"token on {r['eval_examples']} demonstrations"]))
+    register(training_stage(
+        "dpo", "direct preference optimisation (DPO or IPO) on preference pairs", DPOStageConfig,
+        "rlvf.stages.dpo:run_dpo", lambda r: [
+            f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
+            "(rewards/*: implicit rewards beta * log pi/pi_ref)"]))
     register(Command("init", "write a commented starter config for `rlvf train` on a task", cmd_init,
                      _init_arguments))
     register(Command("config", "print a config resolved (file + overrides + defaults) as TOML", cmd_config,

@@ -3,14 +3,17 @@
     from rlvf.api import hookimpl, completion_text, RewardError
 
 What a stage plugin (a command with its own config section, e.g. rlvf-rm's `train-rm`) builds on:
-- the command: `Command(name, help, run, schema=<its StageConfig subclass>)`, registered by the hook
-  `register_commands`; `run(args)` gets the validated config in `args.config` and the registry in `args.registry`;
+- the command: `training_stage(name, help, schema, "package.module:run_stage", summary)` for a training stage
+  (config file, overrides, --resume, and the before/after table come with it), or any
+  `Command(name, help, run, schema=<its StageConfig subclass>)`, registered by the hook `register_commands`;
+  `run(args)` gets the validated config in `args.config` and the registry in `args.registry`;
 - config: `StageConfig` (a stage's schema: subclass it and add its sections), `Section`, and the sections to
   build them from: `ModelConfig`, `DatasetSource`, `FinetuneConfig`, `EvalConfig`, `PreferenceConfig`;
 - models: `load_policy`, `load_tokenizer`, `pick_device_and_dtype`, `resolve_model`, `encode_prompts`;
 - sampling: `build_sampler` (from the registry a command gets), `model_sampler`, `HFSampler`, `SamplingParams`;
 - the supervised loop (rlvf.stages.supervised): `prepare_output_dir`, `check_batching`, `train_loop`,
   `save_final`, `task_evaluator`, and `print_stage_results` (what a stage command prints at the end);
+- HTTP: `call_with_retries` / `acall_with_retries` with a `Retries` policy, `retryable_status`;
 - rows and preference pairs: `load_rows_by_prompt`, `split_by_prompt`, `load_pairs`, `pair_metrics`;
 - evaluation: `evaluate`, `CORRECT` (the score an accuracy reward gives a correct sample);
 - servers: `bearer_headers`, `token_matches`, `require_token_off_loopback`, `JUDGE_TOKEN_ENV`.
@@ -26,7 +29,7 @@ from typing import Any
 
 # name -> the module that defines it
 _EXPORTS = {
-    "hookimpl": "rlvf.api.hookspecs", "Command": "rlvf.api.commands",
+    "hookimpl": "rlvf.api.hookspecs", "Command": "rlvf.api.commands", "training_stage": "rlvf.api.commands",
     "ConfigError": "rlvf.errors", "PluginError": "rlvf.errors", "RewardError": "rlvf.errors",
     "completion_text": "rlvf.api.text", "reward_completions": "rlvf.api.text",
     "is_conversational": "rlvf.api.text", "last_boxed": "rlvf.api.text",

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -23,3 +25,21 @@ class Command:
     run: Callable[[argparse.Namespace], int | None]
     add_arguments: Callable[[argparse.ArgumentParser], None] | None = None
     schema: type | None = None
+
+
+def training_stage(name: str, help: str, schema: type, stage: str, summary: Callable[[dict[str, Any]], list[str]],
+                   saved_as: str = "final model") -> Command:
+    """The stage command of a training stage: `stage` ("package.module:function", imported when the command runs,
+    so listing commands stays cheap) is called as `function(config, registry, resume=..., force_resume=...)` and
+    returns results as rlvf.api.train_loop does; the command prints `summary(results)`, the held-out
+    before/after table and where the model was saved (`saved_as: path`)."""
+    module, _, function = stage.partition(":")
+
+    def run(args: argparse.Namespace) -> None:
+        from rlvf.commands import print_stage_results
+
+        results = getattr(importlib.import_module(module), function)(
+            args.config, args.registry, resume=args.resume or args.force_resume, force_resume=args.force_resume)
+        print_stage_results(results, summary(results), saved_as)
+
+    return Command(name, help, run, schema=schema)

@@ -3,7 +3,7 @@ nor httpx: listing plugins stays fast; the judge model or server connection is s
 and `rlvf train-judge` imports its stage when it runs."""
 
 from rlvf import hookimpl
-from rlvf.api import Command
+from rlvf.api import training_stage
 from rlvf_judge.config import JudgeStageConfig
 from rlvf_judge.reward import JudgeReward
 
@@ -15,20 +15,15 @@ def register_rewards(register):
                          "rubric ratings), from a local causal LM or an OpenAI-compatible server")
 
 
-def train_judge(args) -> None:
-    from rlvf.api import print_stage_results
-    from rlvf_judge.train import run_train_judge
-
-    r = run_train_judge(args.config, args.registry, resume=args.resume or args.force_resume,
-                        force_resume=args.force_resume)
+def _summary(r) -> list[str]:
     generated = [f"generated {key}: {value:.4f}" if isinstance(value, float) else f"generated {key}: {value}"
                  for key, value in (r.get("generated") or {}).items()]
-    print_stage_results(r, [*generated, f"{r['train_rows']} training rows ({r['train_positive']} labelled 1), "
-                            f"{r['steps']} optimiser steps; held-out: {r['eval_rows']} rows ({r['eval_positive']} "
-                            "labelled 1; auc: p(yes) ranks a label-1 row above a label-0 row)"], "judge")
+    return [*generated, f"{r['train_rows']} training rows ({r['train_positive']} labelled 1), {r['steps']} "
+            f"optimiser steps; held-out: {r['eval_rows']} rows ({r['eval_positive']} labelled 1; auc: p(yes) ranks a "
+            "label-1 row above a label-0 row)"]
 
 
 @hookimpl
 def register_commands(register):
-    register(Command(name="train-judge", help="train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows",
-                     run=train_judge, schema=JudgeStageConfig))
+    register(training_stage("train-judge", "train an LLM judge: p(yes) up on label-1 rows, p(no) on label-0 rows",
+                            JudgeStageConfig, "rlvf_judge.train:run_train_judge", _summary, saved_as="judge"))

@@ -2,7 +2,7 @@
 plugins stays fast; the model is loaded when the reward is built or `rlvf train-rm` runs."""
 
 from rlvf import hookimpl
-from rlvf.api import Command
+from rlvf.api import training_stage
 from rlvf_rm.config import RMStageConfig
 from rlvf_rm.reward import RewardModelReward
 
@@ -14,18 +14,10 @@ def register_rewards(register):
                          "RM) for each (prompt, completion)")
 
 
-def train_rm(args) -> None:
-    from rlvf.api import print_stage_results
-    from rlvf_rm.train import run_train_rm
-
-    r = run_train_rm(args.config, args.registry, resume=args.resume or args.force_resume,
-                     force_resume=args.force_resume)
-    print_stage_results(r, [
-        f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
-        "(accuracy: the chosen completion scores higher)"], "reward model")
-
-
 @hookimpl
 def register_commands(register):
-    register(Command(name="train-rm", help="train a Bradley-Terry reward model on preference pairs", run=train_rm,
-                     schema=RMStageConfig))
+    register(training_stage(
+        "train-rm", "train a Bradley-Terry reward model on preference pairs", RMStageConfig,
+        "rlvf_rm.train:run_train_rm", lambda r: [
+            f"{r['train_pairs']} training pairs, {r['steps']} optimiser steps; held-out: {r['eval_pairs']} pairs "
+            "(accuracy: the chosen completion scores higher)"], saved_as="reward model"))
