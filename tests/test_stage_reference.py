@@ -51,7 +51,8 @@ def _stage_commands(tmp_path: Path, char_model: Path, tiny_model: Path) -> dict[
                                                   for a, b in [(i % 10, (3 * i) % 10) for i in range(40)]])
     pairs = _write_jsonl(tmp_path / "pairs.jsonl", _pairs())
     judged = _write_jsonl(tmp_path / "judged.jsonl", [
-        {"prompt": f"question {i}", "response": f"answer {i % 7}" if i % 2 == 0 else "no idea", "label": int(i % 2 == 0)}
+        {"prompt": f"question {i}", "response": f"answer {i % 7}" if i % 2 == 0 else "no idea",
+         "label": int(i % 2 == 0)}
         for i in range(32)])
     model = _setting("model.name", str(char_model))
     rl = [model, _setting("task.name", "toy"), _setting("task.dataset", str(prompts)), _setting("task.chat", False),
@@ -100,7 +101,8 @@ def _differences(expected, actual, where: str) -> list[str]:
         if math.isnan(expected) and math.isnan(actual):
             return []
         # tolerance for summation order (another CPU, another thread count), not for another computation
-        return [] if math.isclose(expected, actual, rel_tol=1e-3, abs_tol=1e-4) else [f"{where}: {actual} != {expected}"]
+        close = math.isclose(expected, actual, rel_tol=1e-3, abs_tol=1e-4)
+        return [] if close else [f"{where}: {actual} != {expected}"]
     return [] if expected == actual else [f"{where}: {actual!r} != {expected!r}"]
 
 

@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from rlvf.algorithms.presets import ALGORITHM_PRESETS
 from rlvf.errors import ConfigError
 
-
 # Names a key may take, listed once: the code that acts on them reads them from here (typing.get_args).
 Aggregation = Literal["sum", "normalize_then_sum"]  # how the reward mix combines its rewards
 ParallelMode = Literal["none", "ddp", "fsdp"]  # how torchrun ranks hold the policy (rlvf.engine.distributed)
@@ -213,8 +212,8 @@ class TrainConfig(Section):
     report_to: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
     _check_report_to = field_validator("report_to")(_loggers_installed)
     progress: bool = True
-    # Under torchrun (rlvf.engine.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it (FSDP2); each
-    # rank samples and scores its share of the step's prompts. "none": one process.
+    # Under torchrun (rlvf.engine.distributed): "ddp" replicates the policy on every rank, "fsdp" shards it
+    # (FSDP2); each rank samples and scores its share of the step's prompts. "none": one process.
     parallel: ParallelMode = "none"
 
 
