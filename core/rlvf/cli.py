@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rlvf.commands import REFERENCE
+from rlvf.commands import REFERENCE, load_stage_config
 from rlvf.errors import ConfigError, PluginError, RlvfError
 
 
@@ -67,14 +67,10 @@ def _require_a_config(args) -> None:
 def _load_stage_config(args, registry) -> None:
     """A stage command's config, validated against its schema; the sections of other commands' schemas are left
     to them. The sampler it names must be installed (checked before any model loads)."""
-    from rlvf.config import load_config
-    from rlvf.config_docs import every_stage_schema
-
     command = args.registered
     _require_a_config(args)
     args.config_path = args.config
-    args.config = load_config(args.config_path, args.overrides, schema=command.schema,
-                              other_sections=set(every_stage_schema(registry).model_fields))
+    args.config = load_stage_config(args, command.schema)
     if "sampling" in command.schema.model_fields:
         registry.sampler(args.config.sampling.sampler)
 

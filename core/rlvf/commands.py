@@ -20,8 +20,8 @@ REFERENCE = "examples/CONFIG.md, or `rlvf config --reference`"
 
 
 def load_stage_config(args, schema):
-    """The config of a command that reads its own (eval, pairs, score): `schema`'s sections of the file plus
-    overrides; sections of other commands' schemas (plugin stages' too) are left to them."""
+    """A command's config: `schema`'s sections of the file `args.config` plus `args.overrides`; the sections of
+    other commands' schemas (plugin stages' too) are left to them."""
     from rlvf.config import load_config
     from rlvf.config_docs import every_stage_schema
 
