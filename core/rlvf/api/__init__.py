@@ -35,6 +35,7 @@ _EXPORTS = {
     "is_conversational": "rlvf.api.text", "last_boxed": "rlvf.api.text",
     "Task": "rlvf.api.tasks", "DatasetTask": "rlvf.api.tasks", "fill_template": "rlvf.api.tasks",
     "is_messages": "rlvf.api.tasks", "split_held_out": "rlvf.api.tasks", "task_from_config": "rlvf.api.tasks",
+    "AuditRow": "rlvf.api.exploits", "ExploitFamily": "rlvf.api.exploits",
     "RewardMix": "rlvf.api.rewards", "MixResult": "rlvf.api.rewards", "mix_from_config": "rlvf.api.rewards",
     # for stages: config sections, models, sampling, the supervised loop, rows and pairs, evaluation, server auth
     "Section": "rlvf.config", "StageConfig": "rlvf.config", "ModelConfig": "rlvf.config",

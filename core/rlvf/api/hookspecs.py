@@ -60,3 +60,14 @@ def register_commands(register):
     file, key=value overrides, --defaults, --resume and --force-resume, and passes the validated config as
     `args.config`.
     """
+
+
+@hookspec
+def register_exploits(register):
+    """Register exploit families for `rlvf audit` (rlvf.api.exploits).
+
+    `register(name, build, description=None, role="exploit")`: `build(audit_row)` returns completion texts built
+    from one task row ([] where the family does not apply); `role` is "exploit" (must score no higher than a wrong
+    answer), "gold" (the row's right answer) or "wrong" (a plainly wrong one, the baseline). `description` defaults
+    to the builder's docstring's first line.
+    """
