@@ -75,3 +75,30 @@ def last_boxed(text: str, commands: tuple[str, ...] = ("\\boxed", "\\fbox")) -> 
             if depth == 0:
                 return text[open_at + 1: position]
     return None
+
+
+def wrong_number(answer: str, rng) -> str | None:
+    """A different integer near an integer `answer` (a plausible slip: off by 1 to 10), or None when the answer is
+    not an integer. `rng` is a random.Random, so callers repeat exactly."""
+    try:
+        value = int(str(answer).strip())
+    except ValueError:
+        return None
+    delta = rng.choice([d for d in range(-10, 11) if d])
+    return str(value + delta)
+
+
+def with_final_answer_changed(completion: str, answer: str, rng) -> str | None:
+    """A hard negative: `completion` (a verified-correct one) with every standalone occurrence of the integer
+    `answer` replaced by a nearby wrong integer, so only its final answer differs (`7 * 8 = 56. The answer is
+    \\boxed{56}.` -> `7 * 8 = 53. The answer is \\boxed{53}.`). None when the answer is not an integer or does
+    not occur in the completion."""
+    import re
+
+    wrong = wrong_number(answer, rng)
+    if wrong is None:
+        return None
+    # not part of a longer number (a digit, a decimal point followed by a digit, or a minus sign before it)
+    standalone = re.compile(rf"(?<![\d-])(?<!\d\.){re.escape(str(answer).strip())}(?!\d|\.\d)")
+    changed, count = standalone.subn(wrong, completion)
+    return changed if count else None
