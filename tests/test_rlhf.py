@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import re
 
 import pytest
 import torch
@@ -107,6 +108,32 @@ def test_generated_pairs_pair_a_verified_completion_with_an_incorrect_one(toy_pa
     assert all(has_digit(None, [p["chosen"]]) == [1.0] and has_digit(None, [p["rejected"]]) == [0.0] for p in pairs)
     assert all(p["prompt"] == p["question"] + ":" and p["chosen_reward"] == 1.0 for p in pairs)
     assert len({p["prompt"] for p in pairs}) == len(pairs)
+
+
+def says_seven(prompts, completions, answer, **columns):
+    """1 when a standalone integer of the completion is the row's answer."""
+    return [1.0 if int(a) in [int(x) for x in re.findall(r"-?\d+", c)] else 0.0
+            for c, a in zip(completions, answer, strict=True)]
+
+
+@pytest.mark.timeout(60)
+def test_hard_negatives_change_only_the_final_answer_of_a_verified_completion(char_model_dir, tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": "7"}) + "\n" for i in range(60)))
+    task = DatasetTask("sevens", str(path), template="{question}:", chat=False)
+    policy = load_policy(ModelConfig(name=str(char_model_dir)))
+    mix = RewardMix([MixEntry("says_seven", says_seven)])
+    config = PairsConfig(limit=None, n=8, max_new_tokens=8, hard_negatives=3)
+    pairs, stats = generate_pairs(policy.model, policy.tokenizer, task, mix, config, seed=0)
+    hard = [p for p in pairs if p["hard_negative"]]
+    assert stats["hard_negative_pairs"] == len(hard) > 20
+    for pair in hard:
+        assert says_seven(None, [pair["chosen"], pair["rejected"]], ["7", "7"]) == [1.0, 0.0]
+        assert re.sub(r"-?\d+", "N", pair["chosen"]) == re.sub(r"-?\d+", "N", pair["rejected"])
+    assert len({(p["chosen"], p["rejected"]) for p in hard}) == len(hard)  # no pair twice
+    plain, plain_stats = generate_pairs(policy.model, policy.tokenizer, task, mix,
+                                        config.model_copy(update={"hard_negatives": 0}), seed=0)
+    assert plain_stats["hard_negative_pairs"] == 0 and not any(p["hard_negative"] for p in plain)
 
 
 def test_held_out_pairs_never_share_a_prompt_with_training_pairs(tmp_path):

@@ -281,6 +281,9 @@ class PairsConfig(Section):
     limit: int | None = 200  # prompts; none: the whole split
     n: int = 8  # samples per prompt
     pairs_per_prompt: int = 1
+    # Per distinct verified-correct sample, pairs whose rejected side is that sample with only its final answer
+    # changed (rlvf.api.with_final_answer_changed): the reward model must check the answer, not the style.
+    hard_negatives: int = 0
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128

@@ -5,7 +5,8 @@ Two sources:
   in text form or in chat form: `chosen` and `rejected` as message lists, with the prompt either its own
   column or the messages the two conversations share before their last (assistant) turn;
 - `generate_pairs`: sample a policy on a verifiable task and pair a verified-correct completion (chosen)
-  with an incorrect one (rejected) of the same prompt; `rlvf pairs` writes them as JSONL.
+  with an incorrect one (rejected) of the same prompt, and optionally with itself with only its final answer
+  changed (`hard_negatives`); `rlvf pairs` writes them as JSONL.
 
 Every pair comes out as a dict with `prompt` (text or messages), `chosen` and `rejected` (completion texts),
 plus the source row's other columns.
@@ -20,7 +21,7 @@ from typing import Any
 
 from rlvf.api.rewards import RewardMix, check_task_columns
 from rlvf.api.tasks import DatasetTask, Task, split_held_out
-from rlvf.api.text import completion_text
+from rlvf.api.text import completion_text, with_final_answer_changed
 from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
@@ -130,7 +131,7 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
     accuracy, total = result.per_reward[accuracy_reward], result.total
     rng = random.Random(seed)
     pairs: list[dict[str, Any]] = []
-    mixed_prompts = 0
+    mixed_prompts = hard_negatives = 0
     for index, row in enumerate(rows):
         correct: dict[str, float | None] = {}
         wrong: dict[str, float | None] = {}
@@ -139,6 +140,13 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
                 continue
             bucket = correct if accuracy[i] >= CORRECT else wrong
             bucket.setdefault(samples.texts[i], total[i])
+        for chosen in correct if config.hard_negatives and "answer" in row else ():
+            changed = {with_final_answer_changed(chosen, str(row["answer"]), rng) for _ in range(config.hard_negatives)}
+            for rejected in sorted(changed - {None}):
+                if rejected not in correct:
+                    pairs.append({**row, "chosen": chosen, "rejected": rejected, "chosen_reward": correct[chosen],
+                                  "rejected_reward": None, "hard_negative": True})
+                    hard_negatives += 1
         if not correct or not wrong:
             continue
         mixed_prompts += 1
@@ -146,11 +154,12 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
         rng.shuffle(combinations)
         for chosen, rejected in _spread(combinations, config.pairs_per_prompt):
             pairs.append({**row, "chosen": chosen, "rejected": rejected,
-                          "chosen_reward": correct[chosen], "rejected_reward": wrong[rejected]})
+                          "chosen_reward": correct[chosen], "rejected_reward": wrong[rejected],
+                          "hard_negative": False})
     scored = [v for v in accuracy if v is not None]
     stats = {"prompts": len(rows), "samples": len(samples.texts),
              "sample_accuracy": sum(v >= CORRECT for v in scored) / max(len(scored), 1),
-             "prompts_with_a_pair": mixed_prompts, "pairs": len(pairs)}
+             "prompts_with_a_pair": mixed_prompts, "hard_negative_pairs": hard_negatives, "pairs": len(pairs)}
     return pairs, stats
 
 
