@@ -9,7 +9,7 @@ import pytest
 
 from conftest import BIN, plugins_json, run_rlvf, write_distribution
 
-CORE_ENTRY_POINTS = {"builtin-algorithms", "builtin-samplers", "builtin-commands"}
+CORE_ENTRY_POINTS = {"builtin-algorithms", "builtin-samplers", "builtin-commands", "builtin-exploits"}
 
 REWARD_PLUGIN = """
 from rlvf import hookimpl

@@ -35,15 +35,15 @@ def cmd_plugins(args) -> None:
         print(json.dumps([
             {"name": p.name, "distribution": p.distribution, "version": p.version, "entry_point": p.entry_point,
              "rewards": p.rewards, "tasks": p.tasks, "algorithms": p.algorithms, "samplers": p.samplers,
-             "commands": p.commands} for p in plugins], indent=2))
+             "commands": p.commands, "exploits": p.exploits} for p in plugins], indent=2))
         return
     if not plugins:
         print("no rlvf plugins installed")
         return
     print(format_table(["distribution", "version", "entry point", "rewards", "tasks", "algorithms", "samplers",
-                        "commands"],
+                        "commands", "exploit families"],
                        [[p.distribution, p.version, p.entry_point, *(", ".join(names) or "-" for names in
-                         (p.rewards, p.tasks, p.algorithms, p.samplers, p.commands))] for p in plugins]))
+                         (p.rewards, p.tasks, p.algorithms, p.samplers, p.commands, p.exploits))] for p in plugins]))
 
 
 def cmd_rewards(args) -> None:
@@ -426,6 +426,7 @@ def _vllm_serve_arguments(sub) -> None:
 
 @hookimpl
 def register_commands(register):
+    from rlvf.audit.command import add_audit_arguments, cmd_audit
     from rlvf.config import DPOStageConfig, RLConfig, SFTStageConfig  # loaded already by rlvf.api.rewards
 
     register(Command("plugins", "list installed plugins and what they provide", cmd_plugins, _json_flag))
@@ -436,6 +437,9 @@ def register_commands(register):
     register(Command("score", "score prompt/completion rows (JSONL) with a reward mix", cmd_score, _score_arguments))
     register(Command("eval", "pass@1 / pass@k of a model on a task's split, scored with the reward mix", cmd_eval,
                      _eval_arguments))
+    register(Command("audit", "red-team the reward mix: score exploit completions built from task rows (hedges, "
+                     "echoes, notes to the grader, ...) and flag those scoring above wrong answers", cmd_audit,
+                     add_audit_arguments))
     register(Command("train", "train a policy with RL (GRPO and friends) on a task and a reward mix", cmd_train,
                      _train_arguments, schema=RLConfig))
     register(training_stage(

@@ -1,6 +1,6 @@
-"""Plugin discovery: every reward, task, algorithm, sampler and command reaches the core through the `rlvf`
-entry-point group, the core's own too (its distribution declares `builtin-*` entry points, as pytest registers
-its own plugins), so a built-in has no path a plugin lacks.
+"""Plugin discovery: every reward, task, algorithm, sampler, command and exploit family reaches the core through
+the `rlvf` entry-point group, the core's own too (its distribution declares `builtin-*` entry points, as pytest
+registers its own plugins), so a built-in has no path a plugin lacks.
 
 Each entry point names a module (or object) with `@hookimpl` functions. We load entry points ourselves
 instead of `PluginManager.load_setuptools_entrypoints` so that an import failure, an invalid hook or a
@@ -23,6 +23,7 @@ import pluggy
 from rlvf.algorithms.registry import ALGORITHM_KINDS, AlgorithmRegistry
 from rlvf.api import hookspecs
 from rlvf.api.commands import Command
+from rlvf.api.exploits import ROLES, ExploitFamily
 from rlvf.api.rewards import RewardSpec
 from rlvf.api.tasks import Task
 from rlvf.errors import ConfigError, PluginError
@@ -45,6 +46,7 @@ class PluginInfo:
     algorithms: list[str] = field(default_factory=list)  # "kind:name"
     samplers: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
+    exploits: list[str] = field(default_factory=list)  # exploit families for `rlvf audit`
 
     def describe(self) -> str:
         return f"plugin '{self.name}' (distribution {self.distribution} {self.version}, entry point {self.entry_point})"
@@ -92,6 +94,7 @@ class Registry:
     algorithms: Algorithms = field(default_factory=Algorithms)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     commands: dict[str, Command] = field(default_factory=dict)
+    exploits: dict[str, ExploitFamily] = field(default_factory=dict)  # in registration order (the core's first)
     manager: pluggy.PluginManager = field(default_factory=lambda: _new_manager())
     _owner: dict[tuple[str, str], PluginInfo] = field(default_factory=dict)
 
@@ -114,7 +117,8 @@ class Registry:
         return self.samplers[name]
 
     def owner(self, kind: str, name: str) -> PluginInfo | None:
-        """The plugin that registered `name` (kind "reward", "task", "sampler", "command", or an algorithm kind)."""
+        """The plugin that registered `name` (kind "reward", "task", "sampler", "command", "exploit family",
+        or an algorithm kind)."""
         return self._owner.get((kind, name))
 
     def _claim(self, kind: str, name: str, plugin: PluginInfo) -> None:
@@ -176,9 +180,21 @@ class Registry:
             self.commands[command.name] = command
             info.commands.append(command.name)
 
+        def register_exploit(name, build, description=None, role="exploit"):
+            if not callable(build):
+                raise PluginError(f"{info.describe()} registered exploit family '{name}' with {build!r}; expected "
+                                  "a build(audit_row) returning completion texts")
+            if role not in ROLES:
+                raise PluginError(f"{info.describe()} registered exploit family '{name}' with role {role!r}; the "
+                                  f"roles are: {', '.join(ROLES)}")
+            self._claim("exploit family", name, info)
+            description = description or ((build.__doc__ or "").strip().splitlines() or [""])[0]
+            self.exploits[name] = ExploitFamily(name, build, description, role, plugin=info.distribution)
+            info.exploits.append(name)
+
         hooks = (("register_rewards", register_reward), ("register_tasks", register_task),
                  ("register_algorithms", register_algorithm), ("register_samplers", register_sampler),
-                 ("register_commands", register_command))
+                 ("register_commands", register_command), ("register_exploits", register_exploit))
         for hook_name, register in hooks:
             for impl in getattr(self.manager.hook, hook_name).get_hookimpls():
                 if impl.plugin_name != info.name:

@@ -93,12 +93,16 @@ def with_final_answer_changed(completion: str, answer: str, rng) -> str | None:
     `answer` replaced by a nearby wrong integer, so only its final answer differs (`7 * 8 = 56. The answer is
     \\boxed{56}.` -> `7 * 8 = 53. The answer is \\boxed{53}.`). None when the answer is not an integer or does
     not occur in the completion."""
-    import re
-
     wrong = wrong_number(answer, rng)
     if wrong is None:
         return None
-    # not part of a longer number (a digit, a decimal point followed by a digit, or a minus sign before it)
-    standalone = re.compile(rf"(?<![\d-])(?<!\d\.){re.escape(str(answer).strip())}(?!\d|\.\d)")
-    changed, count = standalone.subn(wrong, completion)
+    changed, count = standalone_number(answer).subn(wrong, completion)
     return changed if count else None
+
+
+def standalone_number(number: str):
+    """A regex of `number` where it stands alone: not part of a longer number (no digit, no decimal point followed
+    by a digit, no minus sign before it; "56" is not found in "156", "56.5" or "-56")."""
+    import re
+
+    return re.compile(rf"(?<![\d-])(?<!\d\.){re.escape(str(number).strip())}(?!\d|\.\d)")
