@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from rlvf.audit.run import MIX_TOTAL, AuditReport, FamilyResult, RewardResult, run_audit
+from rlvf.audit.run import MIX_TOTAL, TOLERANCE, AuditReport, FamilyResult, RewardResult, run_audit
 from rlvf.errors import ConfigError
 from rlvf.tools.table import format_table
 
@@ -83,7 +83,10 @@ def cmd_audit(args) -> int:
 
 
 def _number(value: float | None, signed: bool = False) -> str:
-    return "-" if value is None else f"{value:+.4f}" if signed else f"{value:.4f}"
+    if value is None:
+        return "-"
+    value = 0.0 if abs(value) <= TOLERANCE else value  # float noise of a sum: no "-0.0000"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def _flag(reward: RewardResult, result: FamilyResult) -> str:
