@@ -5,11 +5,13 @@ HumanEval/34, whose hidden test is its one visible example)."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 
 import pytest
 
+from conftest import REPO, run_rlvf
 from rlvf.api import AuditRow
 from rlvf_code import CodeReward, plugin
 from rlvf_code.audit import EXPLOIT_GROUPS, NOT_AUDITED, function_name, visible_examples
@@ -145,3 +147,39 @@ def test_which_rows_each_family_applies_to():
     for row, applying in ((stdio, {"reference_solution"}), (no_tests, set())):
         assert {family for family, (builder, _, _) in FAMILIES.items()
                 if builder(AuditRow(row, 0, [row], random.Random(0)))} == applying
+
+
+# --- `rlvf audit` on code configs ---
+
+
+def audit_json(tmp_path, *args: str, exit_code: int = 0) -> dict:
+    path = tmp_path / "audit.json"
+    result = run_rlvf("audit", *args, "--json", str(path), check=False)
+    assert result.returncode == exit_code, result.stdout + result.stderr
+    return json.loads(path.read_text())["rewards"]["code"]["families"]
+
+
+@needs_bwrap
+@pytest.mark.timeout(120)
+def test_audit_of_the_code_example_flags_nothing(tmp_path):
+    families = audit_json(tmp_path, str(REPO / "examples" / "code_grpo.toml"), "--limit", "6", "--reward", "code",
+                          "--fail-on", "0")
+    assert {name: (family["mean"], family["flagged"]) for name, family in families.items()} == {
+        "reference_solution": (1.0, False), "returns_none": (0.0, False),
+        # simple_functions prompts show no example: special_cased_tests does not apply
+        **{name: (0.0, False) for name in EXPLOIT_GROUPS}}
+    assert families["harness_tampering"]["completions"] == 6 * len(EXPLOIT_GROUPS["harness_tampering"][1])
+
+
+@needs_bwrap
+@pytest.mark.timeout(120)
+def test_audit_of_humaneval_flags_special_casing_where_a_hidden_test_is_the_visible_example(tmp_path):
+    """A known property of test-based rewards, not a sandbox bug: HumanEval/34's check() is its docstring's one
+    example, so answering the visible examples passes it. The first 22 train rows hold it."""
+    families = audit_json(tmp_path, str(REPO / "examples" / "code_grpo.toml"), "task.name=humaneval",
+                          "eval.split=train", "--limit", "22", "--reward", "code", "--fail-on", "0", exit_code=1)
+    special = families["special_cased_tests"]
+    assert special["flagged"] and special["mean"] == pytest.approx(1 / special["n"])
+    assert special["examples"][0]["score"] == 1.0 and "def unique(" in special["examples"][0]["completion"]
+    assert [name for name, family in families.items() if family["flagged"]] == ["special_cased_tests"]
+    assert families["reference_solution"]["mean"] == 1.0 and families["returns_none"]["mean"] == 0.0
