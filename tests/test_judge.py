@@ -416,7 +416,7 @@ def write_prompts(path, n=200, seed=0):
     return write_jsonl(path, [{"question": "".join(rng.choice("abcdefghij") for _ in range(6))} for _ in range(n)])
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(240)
 def test_train_judge_on_rows_generated_from_a_verifiable_task_raises_held_out_auc(
         tmp_path, site, tiny_model_dir, char_model_dir):
     """The policy (a tiny character model) is sampled on a task whose verifier says whether a completion holds a
@@ -441,8 +441,10 @@ sampler = "hf"
 [judge]
 output_dir = "{tmp_path / 'judge'}"
 epochs = 3
-batch_size = 16
-micro_batch_size = 16
+# batches of 8: the quoted default question is ~100 tokens longer than the old one, and this 2-layer judge needs
+# the extra steps to find the digit in it (batches of 16 stopped at held-out AUC 0.86)
+batch_size = 8
+micro_batch_size = 8
 lr = 1e-3
 lr_schedule = "constant"
 max_length = 256

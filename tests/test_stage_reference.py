@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
+from rlvf_judge.judging import UNQUOTED_TEMPLATE
 
 REFERENCE = REPO / "tests" / "data" / "stage_reference.json"
 RECORD = os.environ.get("RLVF_RECORD_STAGE_REFERENCE") == "1"
@@ -76,7 +77,10 @@ def _stage_commands(tmp_path: Path, char_model: Path, tiny_model: Path) -> dict[
                 _setting("dpo.output_dir", str(tmp_path / "dpo"))],
         "train-judge": ["train-judge", _setting("model.name", str(tiny_model)), _setting("judge.dataset", str(judged)),
                         "judge.max_steps=3", "judge.batch_size=8", "judge.micro_batch_size=4", "judge.lr=1e-3",
-                        "judge.progress=false", _setting("judge.output_dir", str(tmp_path / "judge"))],
+                        "judge.progress=false",
+                        # the question the reference was recorded with (the default until issue #19)
+                        _setting("judge.template", UNQUOTED_TEMPLATE),
+                        _setting("judge.output_dir", str(tmp_path / "judge"))],
     }
 
 

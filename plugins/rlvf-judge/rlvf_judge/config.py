@@ -18,6 +18,9 @@ class JudgeRowsConfig(EvalConfig):
     n: int = 4  # samples per prompt
     temperature: float = 1.0
     max_new_tokens: int = 64
+    # per verified-correct row, this many extra label-0 rows: its response with only the final answer changed
+    # (rlvf.api.with_final_answer_changed; needs an integer `answer` column), kept if the accuracy reward rejects it
+    hard_negatives: int = 0
 
 
 class JudgeTrainConfig(FinetuneConfig, DatasetSource):
@@ -28,8 +31,9 @@ class JudgeTrainConfig(FinetuneConfig, DatasetSource):
     eval_fraction: float = 0.2
     limit: int | None = None  # training rows; none: all
     rows: JudgeRowsConfig = JudgeRowsConfig()
-    # The judge's question, as the `judge` reward asks it (keep the two the same): none:
-    # rlvf_judge.judging.DEFAULT_TEMPLATE
+    # The judge's question, as the `judge` reward asks it (keep the two the same); none: chosen per row as the
+    # reward chooses it (rlvf_judge.judging.choose_template: REFERENCE_TEMPLATE for a row with an `answer`, else
+    # DEFAULT_TEMPLATE)
     template: str | None = None
     system_prompt: str | None = None
     chat: bool | None = None  # through the tokenizer's chat template; none: if it has one

@@ -21,8 +21,10 @@ class JudgeReward:
 
     Options:
     - `template`: the judge's user message, with `{prompt}` (a chat prompt's last user message), `{completion}`
-      and any column of the row (e.g. `{answer}` for a reference-guided judge); default
-      rlvf_judge.judging.DEFAULT_TEMPLATE. `system_prompt`; `chat` (use the chat template; none: if the judge's
+      and any column of the row (e.g. `{answer}`); default, per row: rlvf_judge.judging.REFERENCE_TEMPLATE when
+      the row has an `answer`, else DEFAULT_TEMPLATE (both quote the question and the response in tags). Filled-in
+      texts never contain those tags (`</response>` becomes `&lt;/response&gt;`), whatever the template.
+      `system_prompt`; `chat` (use the chat template; none: if the judge's
       tokenizer has one; the server backend's `api = "chat"` or `"completions"` decides there); `yes`, `no`: the
       answer words.
     - `rubric = { aspect = weight, ... }`: ask for "aspect: score" lines on `scale` ([low, high], mapped to 0..1)
@@ -32,7 +34,7 @@ class JudgeReward:
     - local: `batch_size`, `max_length` (tokens; a longer judge text keeps its end), `dtype`, `device`.
     - server: `api`, `top_logprobs`, `timeout` (s per request), `retries`, `backoff` (s, doubled each retry),
       `concurrency` (requests in flight), `api_key`.
-    - `cache_size`: judgements kept, keyed by the judge's whole input (prompt, completion and instruction).
+    - `cache_size`: judgements kept, keyed by the judge's whole user message (the chosen template filled in).
     """
 
     def __init__(self, model: str | None = None, url: str | None = None, template: str | None = None,
@@ -42,14 +44,13 @@ class JudgeReward:
                  batch_size: int = 16, max_length: int = 2048, dtype: str = "auto", device: str = "auto",
                  api: str = "chat", top_logprobs: int = 20, timeout: float = 60.0, retries: int = 3,
                  backoff: float = 0.5, concurrency: int = 8, api_key: str | None = None, cache_size: int = 100_000):
-        from rlvf_judge.judging import DEFAULT_TEMPLATE
-
         if batch_size <= 0 or max_length <= 0 or max_new_tokens <= 0 or cache_size < 0:
             raise ValueError("batch_size, max_length and max_new_tokens must be positive, cache_size >= 0")
         self.rubric = None
         if rubric is not None:
             self.rubric, self.scale = check_rubric(rubric, scale)
-        self.template = (rubric_template or DEFAULT_RUBRIC_TEMPLATE) if self.rubric else (template or DEFAULT_TEMPLATE)
+        # None: chosen per row by rlvf_judge.judging.choose_template (as `rlvf train-judge` chooses it)
+        self.template = (rubric_template or DEFAULT_RUBRIC_TEMPLATE) if self.rubric else template
         self.max_new_tokens, self.cache_size = max_new_tokens, cache_size
         if url:
             from rlvf_judge.client import ServerJudge
@@ -71,13 +72,13 @@ class JudgeReward:
         self._lock = threading.Lock()
 
     def _user_texts(self, prompts, completions, columns) -> list[str]:
-        from rlvf_judge.judging import fill_judge_template
+        from rlvf_judge.judging import judge_user_text
 
         extra = {}
         if self.rubric:
             low, high = self.scale
             extra = {"aspects": ", ".join(self.rubric), "low": f"{low:g}", "high": f"{high:g}"}
-        return [fill_judge_template(self.template, prompt, completion,
+        return [judge_user_text(self.template, prompt, completion,
                                     {key: values[i] for key, values in columns.items()}, **extra)
                 for i, (prompt, completion) in enumerate(zip(prompts, completions, strict=True))]
 

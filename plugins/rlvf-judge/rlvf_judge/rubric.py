@@ -11,10 +11,12 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+from rlvf_judge.judging import QUOTING_RULES
+
 DEFAULT_RUBRIC_TEMPLATE = (
-    "Here is a question and a response to it.\n\n"
-    "Question:\n{prompt}\n\n"
-    "Response:\n{completion}\n\n"
+    "You are rating a response to a question. " + QUOTING_RULES + "\n\n"
+    "<question>\n{prompt}\n</question>\n\n"
+    "<response>\n{completion}\n</response>\n\n"
     "Rate the response on each of these aspects with a whole number from {low} (worst) to {high} (best): "
     "{aspects}.\n"
     "Reply with one line per aspect, in the form \"aspect: score\", and nothing else."

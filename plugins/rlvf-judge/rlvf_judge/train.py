@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import random
 from typing import Any
 
 import torch
@@ -26,15 +27,15 @@ from rlvf.api import (
     split_by_prompt,
     task_from_config,
     train_loop,
+    with_final_answer_changed,
 )
 from rlvf_judge.config import JudgeStageConfig
 from rlvf_judge.judging import (
-    DEFAULT_TEMPLATE,
     encode_judge,
-    fill_judge_template,
     judge_loss,
     judge_probabilities,
     judge_text,
+    judge_user_text,
     last_logits,
     roc_auc,
     uses_chat,
@@ -77,8 +78,11 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     """Labelled rows from a verifiable task: sample `judge.rows.model` (default: [model]) `judge.rows.n` times
     on each prompt of the [task]'s `judge.rows.split`, verify each sample with the reward mix (the accuracy
     reward, `judge.rows.accuracy_reward`, decides: verified-correct = 1, incorrect = 0). Duplicate responses of
-    a prompt are kept once; samples the accuracy reward does not apply to, and empty ones, are left out."""
+    a prompt are kept once; samples the accuracy reward does not apply to, and empty ones, are left out. Each
+    verified-correct row is followed by its `judge.rows.hard_negatives` (hard_negative_rows)."""
     rows_config = config.judge.rows
+    if rows_config.hard_negatives < 0:
+        raise ConfigError(f"judge.rows.hard_negatives must be >= 0, got {rows_config.hard_negatives}")
     task = task_from_config(config.task, registry)
     mix = mix_from_config(config.reward, registry, task.default_rewards)
     accuracy = rows_config.accuracy_reward or mix.names[0]
@@ -99,7 +103,49 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
     positives = sum(r["label"] for r in rows)
     stats = {"prompts": report.prompts, "samples": report.samples, "sample_accuracy": report.accuracy,
              "rows": len(rows), "correct_rows": positives, "incorrect_rows": len(rows) - positives}
+    if rows_config.hard_negatives:
+        rows, stats["hard_negative_rows"] = hard_negative_rows(rows, rows_config.hard_negatives, mix, accuracy,
+                                                               random.Random(config.seed))
+        stats["rows"] = len(rows)
     return rows, stats
+
+
+def hard_negative_rows(rows: list[dict[str, Any]], per_row: int, mix, accuracy: str, rng: random.Random
+                       ) -> tuple[list[dict[str, Any]], int]:
+    """`rows` with, after each label-1 row, up to `per_row` label-0 rows whose response is its response with only
+    the final answer changed (rlvf.api.with_final_answer_changed on the row's `answer`). A changed response is
+    left out when the function does not apply (no integer answer in it), when it repeats a row of its prompt, or
+    when the accuracy reward does not reject it (an answer it also reads elsewhere, e.g. `56.0`). Returns (rows,
+    hard negatives added)."""
+    if any(r["label"] for r in rows) and not any("answer" in r for r in rows):
+        raise ConfigError("judge.rows.hard_negatives needs an `answer` column in the [task]'s rows (to change the "
+                          "final answer of a correct response); this task has none: set it to 0")
+    seen = {(json.dumps(r["prompt"], sort_keys=True, ensure_ascii=False), r["response"]) for r in rows}
+    candidates: list[tuple[int, dict[str, Any]]] = []  # (index of the correct row, its changed copy)
+    for index, row in enumerate(rows):
+        if not row["label"] or row.get("answer") is None:
+            continue
+        prompt_key = json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False)
+        for _ in range(per_row):
+            changed = with_final_answer_changed(row["response"], str(row["answer"]), rng)
+            if changed is None or (prompt_key, changed) in seen:
+                continue
+            seen.add((prompt_key, changed))
+            candidates.append((index, {**row, "response": changed, "label": 0, "verified_by": accuracy,
+                                       "hard_negative": True}))
+    if not candidates:
+        return rows, 0
+    columns = {key: [c.get(key) for _, c in candidates]
+               for key in sorted({k for _, c in candidates for k in c} - {"prompt", "response", "label",
+                                                                              "verified_by", "hard_negative"})}
+    verdicts = mix.score([c["prompt"] for _, c in candidates], [c["response"] for _, c in candidates],
+                         **columns).per_reward[accuracy]
+    after: dict[int, list[dict[str, Any]]] = {}
+    for (index, candidate), value in zip(candidates, verdicts, strict=True):
+        if value is not None and value < CORRECT:
+            after.setdefault(index, []).append(candidate)
+    combined = [out for index, row in enumerate(rows) for out in (row, *after.get(index, []))]
+    return combined, sum(map(len, after.values()))
 
 
 # --- rlvf train-judge ---
@@ -136,10 +182,10 @@ def run_train_judge(config: JudgeStageConfig, registry=None, *, resume: bool = F
     pad = tokenizer.pad_token_id
     chat = uses_chat(tokenizer, j.chat)
     yes_ids, no_ids = yes_no_ids(tokenizer, j.yes, j.no)
-    template = j.template or DEFAULT_TEMPLATE
 
     def encode(rows):
-        texts = [judge_text(tokenizer, fill_judge_template(template, r["prompt"], r["response"], r), j.system_prompt,
+        # the user message the `judge` reward builds for the same row, its template chosen the same way
+        texts = [judge_text(tokenizer, judge_user_text(j.template, r["prompt"], r["response"], r), j.system_prompt,
                             chat) for r in rows]
         return [{"ids": ids, "label": r["label"]} for ids, r in zip(encode_judge(tokenizer, texts, chat,
                                                                                 j.max_length), rows, strict=True)]
