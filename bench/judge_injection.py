@@ -5,7 +5,7 @@ On 30 one-digit products, the embedded (untrained) SmolLM2-135M-Instruct judge s
 the wrong one followed by a fake end of the quoted response and a verdict. Each with the old unquoted question
 and with the two new defaults: the quoted question (a row without `answer`) and the reference-guided one (a row
 with `answer`). Prints the mean p(yes) of each, and the AUC of right against wrong. A measurement, not a test
-(360 judgements of ~250 tokens: about 2 minutes on a quiet 2-core CPU, 6 on a busy one).
+(360 judgements of ~250 tokens: 6 minutes on 2 shared CPU cores).
 
     .venv/bin/python bench/judge_injection.py [--n 30] [--seed 0] [--model smollm2-135m]
 """
