@@ -55,6 +55,17 @@ def test_qa_exact_and_f1_against_one_or_several_answers():
     assert f1 == [pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))]
 
 
+def test_qa_rewards_pay_nothing_for_boxes_holding_different_answers():
+    # exploits: a hedge over two boxes (the last box used to decide), and the right answer in a box before a wrong one
+    hedges = ["The answer is \\boxed{Lyon} or \\boxed{Paris}.", "\\boxed{Paris}, \\boxed{Lyon}",
+              "\\boxed{Lyon} \\fbox{Paris}"]
+    # correct: the same answer boxed twice, and one box after words
+    correct = ["\\boxed{Paris} so \\boxed{paris}.", "It is \\boxed{Paris}."]
+    for name in ("qa_exact", "qa"):
+        scores = reward(name)(prompts=[""] * 5, completions=hedges + correct, answer=["Paris"] * 5)
+        assert scores == [0.0, 0.0, 0.0, 1.0, 1.0], name
+
+
 def test_qa_without_answer_column_names_it():
     with pytest.raises(KeyError, match="'answer' column"):
         reward("qa")(prompts=[""], completions=["x"])

@@ -85,12 +85,22 @@ def normalize_answer(text: str) -> str:
     return " ".join(_ARTICLES.sub(" ", text.lower().translate(_PUNCTUATION)).split())
 
 
+def boxed_answers(text: str) -> list[str]:
+    """The contents of every closed \\boxed{} (or \\fbox{}), in order."""
+    answers = []
+    while (content := last_boxed(text)) is not None:
+        answers.append(content)
+        text = text[: max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))]
+    return answers[::-1]
+
+
 def extract_answer(text: str) -> str:
-    """The answer part of a completion: the last \\boxed{}, else what follows the last 'answer is' /
-    'Answer:', else the whole text."""
-    boxed_answer = last_boxed(text)
-    if boxed_answer is not None:
-        return boxed_answer
+    """The answer part of a completion: the \\boxed{} answer, else what follows the last 'answer is' /
+    'Answer:', else the whole text. Boxes holding different answers are a hedge (`\\boxed{5} or \\boxed{6}`),
+    not an answer: the answer is then empty, and scores 0."""
+    boxed = boxed_answers(text)
+    if boxed:
+        return boxed[-1] if len({normalize_answer(answer) for answer in boxed}) == 1 else ""
     matches = _ANSWER_IS.findall(text)
     return matches[-1].strip() if matches else text
 
