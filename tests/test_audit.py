@@ -303,6 +303,10 @@ def test_wrong_number_is_a_different_nearby_integer():
         wrong = wrong_number(answer, rng)
         assert wrong != answer.strip() and 1 <= abs(int(wrong) - int(answer)) <= 10
     assert wrong_number("3.5", rng) is None and wrong_number("\\frac{1}{2}", rng) is None
+    # the same sign and number of digits where one exists: a wrong answer's shape must not give it away
+    for answer in ("0", "7", "9", "-3", "42", "-56"):
+        shapes = {(int(w) < 0, len(str(abs(int(w))))) for w in (wrong_number(answer, rng) for _ in range(50))}
+        assert shapes == {(int(answer) < 0, len(answer.lstrip("-")))}, answer
 
 
 def test_with_final_answer_changed():

@@ -78,14 +78,20 @@ def last_boxed(text: str, commands: tuple[str, ...] = ("\\boxed", "\\fbox")) -> 
 
 
 def wrong_number(answer: str, rng) -> str | None:
-    """A different integer near an integer `answer` (a plausible slip: off by 1 to 10), or None when the answer is
-    not an integer. `rng` is a random.Random, so callers repeat exactly."""
+    """A different integer near an integer `answer` (a plausible slip: off by 1 to 10) with the same sign and number
+    of digits where there is one, or None when the answer is not an integer. `rng` is a random.Random, so callers
+    repeat exactly.
+
+    The same shape matters: a reward model trained on hard negatives whose wrong answers were any nearby integer
+    learned that a one-digit, non-negative answer is right (on one-digit arithmetic most wrong ones were negative or
+    had two digits), and a policy then collected its reward with small wrong answers ("9 + 9 = 10")."""
     try:
         value = int(str(answer).strip())
     except ValueError:
         return None
-    delta = rng.choice([d for d in range(-10, 11) if d])
-    return str(value + delta)
+    nearby = [value + delta for delta in range(-10, 11) if delta]
+    same_shape = [n for n in nearby if (n < 0) == (value < 0) and len(str(abs(n))) == len(str(abs(value)))]
+    return str(rng.choice(same_shape or nearby))
 
 
 def with_final_answer_changed(completion: str, answer: str, rng) -> str | None:

@@ -758,15 +758,15 @@ def _parse_with(text: str, pm_sign: int, percent) -> tuple[Any, Parser]:
     return parser.parse(), parser
 
 
-def parse_answer(text: str) -> list[Any]:
+def parse_answer(text: str, decimal_comma: bool = True) -> list[Any]:
     """Every reading of an answer, most likely first: a choice letter, math (with `\\pm` expanded to
-    both branches, `%` read as the number and as a fraction, `2,74` as a list and a decimal comma),
-    or else text."""
+    both branches, `%` read as the number and as a fraction, `2,74` as a list and, with `decimal_comma`, a decimal
+    comma), or else text."""
     choice = parse_choice(text)
     if choice is not None:
         return [choice]
     variants = [text]
-    if re.fullmatch(r"-?\d+,\d+", text):
+    if decimal_comma and re.fullmatch(r"-?\d+,\d+", text):
         variants.append(text.replace(",", "."))
     readings: list[Any] = []
     for variant in variants:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from rlvf_math.equivalence import equivalent
@@ -9,6 +10,7 @@ from rlvf_math.normalize import Tolerance, compare_plain, normalize, plain_numbe
 from rlvf_math.parse import Text, parse_answer, text_key
 
 DEFAULT_REL_TOL = 1e-6
+_LISTING_COMMA = re.compile(r",\s")
 MAX_ANSWER_CHARS = 1_000
 
 
@@ -44,7 +46,10 @@ def verify_answers(gold_answer: str, pred_answer: str, rel_tol: float = DEFAULT_
     if quick is not None:
         return quick
     gold_text, pred_text = normalize(gold_answer), normalize(pred_answer)
-    gold_readings, pred_readings = parse_answer(gold_text), parse_answer(pred_text)
+    # A comma followed by a space lists ("5, 0", also two boxes joined: `\\boxed{5}, \\boxed{0}`); only "5,0" may be
+    # a decimal comma. normalize() drops that space, so the raw answers decide.
+    gold_readings = parse_answer(gold_text, decimal_comma=not _LISTING_COMMA.search(gold_answer))
+    pred_readings = parse_answer(pred_text, decimal_comma=not _LISTING_COMMA.search(pred_answer))
     parse_failure = all(isinstance(p, Text) for p in pred_readings)
     if parse_failure or all(isinstance(g, Text) for g in gold_readings):
         return Verdict(text_key(gold_text) == text_key(pred_text), parse_failure)
