@@ -41,11 +41,15 @@ demo: setup
 	$(BIN)/rlvf train examples/demo.toml --resume
 	$(BIN)/rlvf plot runs/demo
 
+# One pytest-xdist worker per core (two here, at most four), each test file on one worker so that its module
+# fixtures are built once.
+XDIST := -n $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 ))) --dist loadfile
+
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q $(XDIST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) .pytest_cache

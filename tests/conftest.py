@@ -13,6 +13,10 @@ import pytest
 
 # Tests run offline: nothing may be fetched from a model or dataset hub (subprocesses inherit this).
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+# `make test` runs one pytest-xdist worker per core: each (and every process it starts) computes on one thread, since
+# torch's default, one thread per core in every worker at once, runs several times slower than one each.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
