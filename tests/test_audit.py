@@ -319,3 +319,22 @@ def test_with_final_answer_changed():
     assert with_final_answer_changed("It is 56.5, not 156 or -56.", "56", rng) is None  # 56 only inside numbers
     kept = with_final_answer_changed("56.5 is close to 56.", "56", rng)
     assert kept.startswith("56.5 is close to ") and not kept.endswith(" 56.")
+
+
+@pytest.mark.timeout(120)
+def test_the_readme_exploit_family_example_is_audited(tmp_path):
+    from conftest import REPO
+
+    readme = (REPO / "README.md").read_text()
+    source = "from rlvf.api import hookimpl, wrong_number\n" + readme.split(
+        "```python\nfrom rlvf.api import hookimpl, wrong_number\n", 1)[1].split("```", 1)[0]
+    site = tmp_path / "site"
+    site.mkdir()
+    write_distribution(site, "rlvf-footnote", "rlvf_footnote", source, {"footnote": "rlvf_footnote"})
+    path = tmp_path / "audit.json"
+    run_rlvf("audit", DEMO, "--reward", "math", "--limit", "5", "--json", str(path), env={"PYTHONPATH": str(site)})
+    report = json.loads(path.read_text())
+    assert report["families"]["footnote"]["plugin"] == "rlvf-footnote"
+    footnote = report["rewards"]["math"]["families"]["footnote"]
+    assert footnote["completions"] == 5 and footnote["mean"] == 0.0 and not footnote["flagged"]
+    assert "[^1]: or " in footnote["examples"][0]["completion"]
