@@ -54,6 +54,7 @@ _EXPORTS = {
     "task_evaluator": "rlvf.stages.supervised", "print_stage_results": "rlvf.commands",
     "load_pairs": "rlvf.stages.pairs", "load_rows_by_prompt": "rlvf.stages.pairs",
     "split_by_prompt": "rlvf.stages.pairs", "pair_metrics": "rlvf.stages.pairs",
+    "verified_hard_negatives": "rlvf.stages.pairs",
     "evaluate": "rlvf.stages.evaluate", "CORRECT": "rlvf.stages.evaluate",
     "bearer_headers": "rlvf.engine.server_auth", "token_matches": "rlvf.engine.server_auth",
     "require_token_off_loopback": "rlvf.engine.server_auth", "JUDGE_TOKEN_ENV": "rlvf.engine.server_auth",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -109,6 +110,4 @@ def with_final_answer_changed(completion: str, answer: str, rng) -> str | None:
 def standalone_number(number: str):
     """A regex of `number` where it stands alone: not part of a longer number (no digit, no decimal point followed
     by a digit, no minus sign before it; "56" is not found in "156", "56.5" or "-56")."""
-    import re
-
     return re.compile(rf"(?<![\d-])(?<!\d\.){re.escape(str(number).strip())}(?!\d|\.\d)")

@@ -130,9 +130,8 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
     _, result = score_samples(mix, rows, samples)
     accuracy, total = result.per_reward[accuracy_reward], result.total
     rng = random.Random(seed)
-    pairs: list[dict[str, Any]] = []
-    mixed_prompts = hard_negatives = 0
-    for index, row in enumerate(rows):
+    buckets = []  # per row: its distinct correct and incorrect samples, each with its mixed reward
+    for index in range(len(rows)):
         correct: dict[str, float | None] = {}
         wrong: dict[str, float | None] = {}
         for i in range(index * config.n, (index + 1) * config.n):
@@ -140,9 +139,18 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
                 continue
             bucket = correct if accuracy[i] >= CORRECT else wrong
             bucket.setdefault(samples.texts[i], total[i])
-        for chosen in correct if config.hard_negatives and "answer" in row else ():
-            changed = {with_final_answer_changed(chosen, str(row["answer"]), rng) for _ in range(config.hard_negatives)}
-            for rejected in sorted(changed - {None}):
+        buckets.append((correct, wrong))
+    hard: list[list[str]] = []
+    if config.hard_negatives:
+        items = [(row["prompt"], chosen, row) for row, (correct, _) in zip(rows, buckets, strict=True)
+                 for chosen in correct]
+        hard = verified_hard_negatives(mix, accuracy_reward, items, config.hard_negatives, rng)
+    hard_by_sample = iter(hard)
+    pairs: list[dict[str, Any]] = []
+    mixed_prompts = hard_negatives = 0
+    for row, (correct, wrong) in zip(rows, buckets, strict=True):
+        for chosen in correct if config.hard_negatives else ():
+            for rejected in next(hard_by_sample):
                 if rejected not in correct:
                     pairs.append({**row, "chosen": chosen, "rejected": rejected, "chosen_reward": correct[chosen],
                                   "rejected_reward": None, "hard_negative": True})
@@ -161,6 +169,31 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
              "sample_accuracy": sum(v >= CORRECT for v in scored) / max(len(scored), 1),
              "prompts_with_a_pair": mixed_prompts, "hard_negative_pairs": hard_negatives, "pairs": len(pairs)}
     return pairs, stats
+
+
+def verified_hard_negatives(mix: RewardMix, accuracy_reward: str, items: list[tuple[Any, str, dict[str, Any]]],
+                            per_item: int, rng: random.Random) -> list[list[str]]:
+    """Hard negatives of verified-correct completions, for `rlvf pairs` and `rlvf train-judge` alike: for each
+    (prompt, completion, row) of `items`, up to `per_item` distinct copies of the completion with only its final
+    answer changed (with_final_answer_changed on the row's `answer`), kept only if the accuracy reward rejects
+    them (a changed copy can still be right: the answer written a second way, `56.0`). One list per item, in
+    order; [] for a row without an `answer`."""
+    candidates: list[tuple[int, Any, str, dict[str, Any]]] = []  # (item index, prompt, changed completion, row)
+    for index, (prompt, completion, row) in enumerate(items):
+        if row.get("answer") is None:
+            continue
+        changed = {with_final_answer_changed(completion, str(row["answer"]), rng) for _ in range(per_item)}
+        candidates += [(index, prompt, text, row) for text in sorted(changed - {None, completion})]
+    out: list[list[str]] = [[] for _ in items]
+    if not candidates:
+        return out
+    keys = sorted({key for *_, row in candidates for key in row} - {"prompt"})
+    verdicts = mix.score([prompt for _, prompt, _, _ in candidates], [text for _, _, text, _ in candidates],
+                         **{key: [row.get(key) for *_, row in candidates] for key in keys}).per_reward[accuracy_reward]
+    for (index, _, text, _), verdict in zip(candidates, verdicts, strict=True):
+        if verdict is not None and verdict < CORRECT:
+            out[index].append(text)
+    return out
 
 
 def _spread(combinations: list[tuple[str, str]], k: int) -> list[tuple[str, str]]:

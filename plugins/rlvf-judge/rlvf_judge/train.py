@@ -27,7 +27,7 @@ from rlvf.api import (
     split_by_prompt,
     task_from_config,
     train_loop,
-    with_final_answer_changed,
+    verified_hard_negatives,
 )
 from rlvf_judge.config import JudgeStageConfig
 from rlvf_judge.judging import (
@@ -113,37 +113,27 @@ def generate_judge_rows(config, registry) -> tuple[list[dict[str, Any]], dict[st
 def hard_negative_rows(rows: list[dict[str, Any]], per_row: int, mix, accuracy: str, rng: random.Random
                        ) -> tuple[list[dict[str, Any]], int]:
     """`rows` with, after each label-1 row, up to `per_row` label-0 rows whose response is its response with only
-    the final answer changed (rlvf.api.with_final_answer_changed on the row's `answer`). A changed response is
-    left out when the function does not apply (no integer answer in it), when it repeats a row of its prompt, or
-    when the accuracy reward does not reject it (an answer it also reads elsewhere, e.g. `56.0`). Returns (rows,
-    hard negatives added)."""
+    the final answer changed and rejected by the accuracy reward (rlvf.api.verified_hard_negatives, as `rlvf
+    pairs` makes them); a changed response that repeats a row of its prompt is left out. Returns (rows, hard
+    negatives added)."""
     if any(r["label"] for r in rows) and not any("answer" in r for r in rows):
         raise ConfigError("judge.rows.hard_negatives needs an `answer` column in the [task]'s rows (to change the "
                           "final answer of a correct response); this task has none: set it to 0")
+    own = {"prompt", "response", "label", "verified_by", "hard_negative"}  # train-judge's fields, not task columns
+    correct = [index for index, row in enumerate(rows) if row["label"]]
+    changed = verified_hard_negatives(mix, accuracy, [(rows[i]["prompt"], rows[i]["response"],
+                                                       {k: v for k, v in rows[i].items() if k not in own})
+                                                      for i in correct], per_row, rng)
     seen = {(json.dumps(r["prompt"], sort_keys=True, ensure_ascii=False), r["response"]) for r in rows}
-    candidates: list[tuple[int, dict[str, Any]]] = []  # (index of the correct row, its changed copy)
-    for index, row in enumerate(rows):
-        if not row["label"] or row.get("answer") is None:
-            continue
-        prompt_key = json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False)
-        for _ in range(per_row):
-            changed = with_final_answer_changed(row["response"], str(row["answer"]), rng)
-            if changed is None or (prompt_key, changed) in seen:
-                continue
-            seen.add((prompt_key, changed))
-            candidates.append((index, {**row, "response": changed, "label": 0, "verified_by": accuracy,
-                                       "hard_negative": True}))
-    if not candidates:
-        return rows, 0
-    columns = {key: [c.get(key) for _, c in candidates]
-               for key in sorted({k for _, c in candidates for k in c} - {"prompt", "response", "label",
-                                                                              "verified_by", "hard_negative"})}
-    verdicts = mix.score([c["prompt"] for _, c in candidates], [c["response"] for _, c in candidates],
-                         **columns).per_reward[accuracy]
     after: dict[int, list[dict[str, Any]]] = {}
-    for (index, candidate), value in zip(candidates, verdicts, strict=True):
-        if value is not None and value < CORRECT:
-            after.setdefault(index, []).append(candidate)
+    for index, responses in zip(correct, changed, strict=True):
+        row = rows[index]
+        for response in responses:
+            key = (json.dumps(row["prompt"], sort_keys=True, ensure_ascii=False), response)
+            if key not in seen:  # a changed response that repeats a row of its prompt is not a new row
+                seen.add(key)
+                after.setdefault(index, []).append({**row, "response": response, "label": 0, "verified_by": accuracy,
+                                                    "hard_negative": True})
     combined = [out for index, row in enumerate(rows) for out in (row, *after.get(index, []))]
     return combined, sum(map(len, after.values()))
 
