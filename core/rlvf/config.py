@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,14 +35,57 @@ def _loggers_installed(report_to: list[str]) -> list[str]:
     return report_to
 
 
+class LoraConfig(Section):
+    """LoRA adapters (peft, rlvf.models.lora) on the model a training stage trains: W x + (alpha / r) B A x with
+    W frozen. The final model is saved merged (a plain HF directory), its adapters in final/adapter/."""
+
+    r: int = 16  # rank of A (r x in) and B (out x r)
+    alpha: float = 32.0  # the update is scaled by alpha / r
+    dropout: float = 0.0  # on the adapters' input, while training
+    # the modules that get adapters: "all-linear" (every linear layer but the LM head), or names, e.g.
+    # ["q_proj", "v_proj"] (a name matches a module whose name ends with it)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+    @field_validator("r")
+    @classmethod
+    def _positive_rank(cls, value):
+        if value < 1:
+            raise ValueError("the rank r must be at least 1")
+        return value
+
+    @field_validator("dropout")
+    @classmethod
+    def _dropout_range(cls, value):
+        if not 0.0 <= value < 1.0:
+            raise ValueError("dropout must be in [0, 1)")
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_modules(cls, value):
+        if isinstance(value, list) and not value:
+            raise ValueError('target_modules must name at least one module (or be "all-linear")')
+        return value
+
+
 class ModelConfig(Section):
     name: str = "smollm2-135m"  # a short name of an embedded model, a HF hub id or a local directory
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    # none: full fine-tuning; a table, even {} (or true), trains LoRA adapters ([model.lora]) in every training
+    # stage; on the command line `model.lora={r = 8}`, `model.lora.r=8`, or JSON: `model.lora={"r": 8}`
+    lora: LoraConfig | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value):
         return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora_switch(cls, value):
+        if isinstance(value, bool):  # lora = true: the defaults; false: full fine-tuning
+            return {} if value else None
+        return value
 
 
 class RewardEntry(Section):
@@ -349,15 +393,27 @@ Config = combined_schema([RLConfig, SFTStageConfig, PairsStageConfig, DPOStageCo
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """`a.b.c=value` -> (["a", "b", "c"], value); the value is read as TOML, else taken as a string."""
+    """`a.b.c=value` -> (["a", "b", "c"], value); the value is read as TOML, else as a JSON object (`{"r": 8}`,
+    what a program writes with json.dumps), else taken as a string."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise ConfigError(f"override {text!r} is not of the form key.path=value")
     try:
         value = tomllib.loads(f"value = {raw}")["value"]
     except tomllib.TOMLDecodeError:
-        value = raw
+        value = _json_object(raw)
     return [part.strip() for part in key.split(".")], value
+
+
+def _json_object(raw: str) -> Any:
+    """A JSON object's dict, or `raw` itself if it is not one."""
+    if raw.lstrip().startswith("{"):
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            return raw
+        return value if isinstance(value, dict) else raw
+    return raw
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -101,8 +101,11 @@ def _sections(schema: type[BaseModel] = Config, prefix: str = "") -> list[tuple[
     """(dotted name, schema) of every section, depth first: ("", Config), ("model", ModelConfig), ..."""
     found = [(prefix, schema)]
     for name, field in schema.model_fields.items():
-        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
-            found += _sections(field.annotation, f"{prefix}.{name}" if prefix else name)
+        optional = [a for a in typing.get_args(field.annotation) if a is not type(None)]
+        section = field.annotation if _is_section(field.annotation) else \
+            optional[0] if len(optional) == 1 and _is_section(optional[0]) else None  # X | None: [model.lora]
+        if section is not None:
+            found += _sections(section, f"{prefix}.{name}" if prefix else name)
     return found
 
 

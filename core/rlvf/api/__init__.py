@@ -10,6 +10,9 @@ What a stage plugin (a command with its own config section, e.g. rlvf-rm's `trai
 - config: `StageConfig` (a stage's schema: subclass it and add its sections), `Section`, and the sections to
   build them from: `ModelConfig`, `DatasetSource`, `FinetuneConfig`, `EvalConfig`, `PreferenceConfig`;
 - models: `load_policy`, `load_tokenizer`, `pick_device_and_dtype`, `resolve_model`, `encode_prompts`;
+- LoRA ([model] lora, rlvf.models.lora): `apply_lora` (adapters on a model a stage trains), `adapters_disabled` (the
+  base model's forward: a reference with no second copy), `has_adapters`, `merged_weights`, `save_trained`
+  (merged model + adapter/; `save_final` uses it), and the section `LoraConfig`;
 - sampling: `build_sampler` (from the registry a command gets), `model_sampler`, `HFSampler`, `SamplingParams`;
 - the supervised loop (rlvf.stages.supervised): `prepare_output_dir`, `check_batching`, `train_loop`,
   `save_final`, `task_evaluator`, and `print_stage_results` (what a stage command prints at the end);
@@ -41,10 +44,12 @@ _EXPORTS = {
     # for stages: config sections, models, sampling, the supervised loop, rows and pairs, evaluation, server auth
     "Section": "rlvf.config", "StageConfig": "rlvf.config", "ModelConfig": "rlvf.config",
     "DatasetSource": "rlvf.config", "FinetuneConfig": "rlvf.config", "EvalConfig": "rlvf.config",
-    "PreferenceConfig": "rlvf.config",
+    "PreferenceConfig": "rlvf.config", "LoraConfig": "rlvf.config",
     "load_policy": "rlvf.models.loading", "load_tokenizer": "rlvf.models.loading",
     "pick_device_and_dtype": "rlvf.models.loading", "encode_prompts": "rlvf.models.loading",
     "resolve_model": "rlvf.models.names",
+    "apply_lora": "rlvf.models.lora", "adapters_disabled": "rlvf.models.lora", "has_adapters": "rlvf.models.lora",
+    "merged_weights": "rlvf.models.lora", "save_trained": "rlvf.models.lora",
     "HFSampler": "rlvf.sampling", "SamplingParams": "rlvf.sampling",
     "build_sampler": "rlvf.sampling", "model_sampler": "rlvf.sampling", "Sampler": "rlvf.sampling",
     "Samples": "rlvf.sampling", "algorithm": "rlvf.algorithms", "AdvantageInputs": "rlvf.algorithms",

@@ -1,10 +1,12 @@
 """Checkpoints of every training stage: written whole or not at all, verified when read back.
 
 A checkpoint is `run_dir/checkpoints/step-NNNNNN/`: the model's weights as a HF directory (safetensors, written
-by save_pretrained), `trainer_state.pt` (step, data position, optimizer, scheduler, python and torch RNG, and
-what else the stage adds) and extra named parts (`critic/critic.safetensors`). It is written into a staging
-directory, closed by its manifest (rlvf.engine.rundir.write_manifest) and renamed into place; reading one
-checks the manifest first, and a damaged newest checkpoint falls back to the previous whole one.
+by save_pretrained), or for a model with LoRA adapters ([model] lora) only the adapters, in `adapter/` (peft's
+layout, rlvf.models.lora: the base weights are the run's model.name), `trainer_state.pt` (step, data position,
+optimizer, scheduler, python and torch RNG, and what else the stage adds) and extra named parts
+(`critic/critic.safetensors`). It is written into a staging directory, closed by its manifest
+(rlvf.engine.rundir.write_manifest) and renamed into place; reading one checks the manifest first, and a damaged
+newest checkpoint falls back to the previous whole one.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 
 from rlvf.engine.rundir import RESUMABLE_KEYS, check_resume_config, checkpoint_problem, write_manifest
 from rlvf.errors import ConfigError
+from rlvf.models.lora import ADAPTER_DIR, ADAPTER_FILE, has_adapters, load_adapter_weights, read_adapters, save_adapters
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.pt"
@@ -33,10 +36,11 @@ class DamagedCheckpoint(Exception):
 @dataclass
 class Checkpoint:
     directory: Path
-    weights: dict[str, torch.Tensor]  # the model's, as saved (a tied LM head once)
+    weights: dict[str, torch.Tensor]  # the model's, as saved (a tied LM head once); {} when it holds adapters
     state: dict[str, Any]  # trainer_state.pt
     parts: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)  # name -> weights of name/name.safetensors
     damaged: list[str] = field(default_factory=list)  # newer checkpoints skipped: "step-000004 (why)"
+    adapters: dict[str, torch.Tensor] | None = None  # the LoRA adapters' weights (rlvf.models.lora.adapter_weights)
 
     @property
     def step(self) -> int:
@@ -48,21 +52,27 @@ def save_checkpoint(run_dir: Path, step: int, model, *, optimizer_state: dict, s
                     parts: dict[str, torch.nn.Module] | None = None, state: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint of `step` and keep the newest `keep` (0: all); returns its directory.
 
-    `weights`: the model's full state dict when the caller gathered it (FSDP), else the model's own. `parts`:
-    modules saved as `name/name.safetensors`; `state`: more entries of trainer_state.pt."""
+    `weights`: the model's full state dict when the caller gathered it (FSDP), else the model's own; a model with
+    LoRA adapters saves only them (and its config.json). `parts`: modules saved as `name/name.safetensors`;
+    `state`: more entries of trainer_state.pt."""
     checkpoints = Path(run_dir) / CHECKPOINTS
     target = checkpoints / f"step-{step:06d}"
     staging = checkpoints / f".writing-{step:06d}"
     for leftover in checkpoints.glob(".writing-*"):  # of a run killed while writing
         shutil.rmtree(leftover, ignore_errors=True)
     staging.mkdir(parents=True)
-    model.save_pretrained(staging, **({} if weights is None else {"state_dict": weights}))
+    required = [STATE_FILE, "config.json"]
+    if has_adapters(model):  # what trains; the base weights are the run's model
+        save_adapters(model, staging / ADAPTER_DIR)
+        model.config.save_pretrained(staging)
+        required.append(f"{ADAPTER_DIR}/{ADAPTER_FILE}")
+    else:
+        model.save_pretrained(staging, **({} if weights is None else {"state_dict": weights}))
     if tokenizer is not None:
         tokenizer.save_pretrained(staging)
     torch.save({"step": step, "data_position": data_position, "optimizer": optimizer_state,
                 "scheduler": scheduler_state, "rng": {"python": random.getstate(), "torch": torch.get_rng_state()},
                 **(state or {})}, staging / STATE_FILE)
-    required = [STATE_FILE, "config.json"]
     if parts:  # each in its own folder: the top level holds the model's weights only
         from safetensors.torch import save_model
 
@@ -70,7 +80,7 @@ def save_checkpoint(run_dir: Path, step: int, model, *, optimizer_state: dict, s
             (staging / name).mkdir()
             save_model(module, str(staging / name / f"{name}.safetensors"))
             required.append(f"{name}/{name}.safetensors")
-    if not list(staging.glob("*.safetensors")):
+    if not list(staging.glob("*.safetensors")) and not (staging / ADAPTER_DIR / ADAPTER_FILE).is_file():
         raise OSError(f"{staging}: the model's weights were not written")
     write_manifest(staging, step, required)
     # Checkpoints at or after this step are left from an earlier attempt (the run resumed before them, so they
@@ -95,10 +105,14 @@ def read_checkpoint(directory: Path) -> Checkpoint:
         raise DamagedCheckpoint(problem)
     weights: dict = {}
     parts: dict[str, dict] = {}
+    adapters = None
     name = STATE_FILE
     try:
         shards = sorted(directory.glob("*.safetensors"))
-        if not shards:
+        if (directory / ADAPTER_DIR).is_dir():
+            name = f"{ADAPTER_DIR}/{ADAPTER_FILE}"
+            adapters = read_adapters(directory / ADAPTER_DIR)
+        elif not shards:
             raise DamagedCheckpoint("no *.safetensors weights")
         for shard in shards:
             name = shard.name
@@ -114,7 +128,7 @@ def read_checkpoint(directory: Path) -> Checkpoint:
     except Exception as exc:  # whatever a broken file raises, it is named in one line
         reason = "missing" if isinstance(exc, FileNotFoundError) else f"unreadable, {type(exc).__name__}"
         raise DamagedCheckpoint(f"{name}: {reason}") from None
-    return Checkpoint(Path(directory), weights, state, parts)
+    return Checkpoint(Path(directory), weights, state, parts, adapters=adapters)
 
 
 def latest_checkpoint(run_dir: Path, key: str, say: bool = True) -> Checkpoint | None:
@@ -161,7 +175,16 @@ def say_resuming(run_dir: Path, checkpoint: Checkpoint, total: int) -> None:
 
 
 def load_weights(model, checkpoint: Checkpoint) -> None:
-    """The checkpoint's weights into `model` (one process); a checkpoint of another model is a ConfigError."""
+    """The checkpoint's weights (or LoRA adapters) into `model` (one process); a checkpoint of another model, or
+    with adapters for a model without them or the other way round, is a ConfigError."""
+    if has_adapters(model) or checkpoint.adapters is not None:
+        if not has_adapters(model) or checkpoint.adapters is None:
+            held, wanted = ("LoRA adapters", "full weights") if checkpoint.adapters is not None else \
+                ("full weights", "LoRA adapters")
+            raise ConfigError(f"checkpoint {checkpoint.directory} holds {held} but the run trains {wanted}: "
+                              "[model] lora differs from the run's")
+        load_adapter_weights(model, checkpoint.adapters, f"checkpoint {checkpoint.directory}")
+        return
     missing, unexpected = model.load_state_dict(checkpoint.weights, strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:  # lm_head is tied to the embeddings
         raise ConfigError(f"checkpoint {checkpoint.directory} does not fit the model: missing {missing}, "

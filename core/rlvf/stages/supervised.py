@@ -1,6 +1,8 @@
 """What the supervised stages share (`rlvf sft`, `rlvf train-rm`, `rlvf dpo`, `rlvf train-judge`): encoding a
 prompt and its completion the way the sampler does, and one optimisation loop with held-out evaluation before
-and after, checkpoints every `save_every` optimiser steps and `--resume` (rlvf.engine.checkpoint).
+and after, checkpoints every `save_every` optimiser steps and `--resume` (rlvf.engine.checkpoint). A stage trains
+LoRA adapters ([model] lora) by putting them on its model (rlvf.models.lora.apply_lora) before the loop: the loop
+optimises what requires grad, checkpoints hold the adapters, and the final model is saved merged.
 
 The loop knows nothing of the stage: it gets examples, a `loss_fn(micro_batch) -> (summed loss, summed
 stats)` and a `weight(example)` (how many loss terms an example holds: its completion tokens for SFT, 1 for
@@ -28,6 +30,7 @@ from rlvf.engine.optim import adamw_with_schedule
 from rlvf.engine.rundir import RESULTS_FILE, check_run_dir, write_run_config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
+from rlvf.models.lora import save_trained
 
 # Keys of a supervised stage's own section that may differ on --resume: how long to train, how often to
 # save/evaluate/log, where to report.
@@ -118,7 +121,7 @@ def train_loop(model, train: Sequence[Any], loss_fn: Callable, evaluate_fn: Call
         finished = json.loads(results_file.read_text())
         if finished.get("steps", -1) >= steps:
             return finished
-    parameters = [p for p in model.parameters() if p.requires_grad]
+    parameters = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapters (rlvf.models.lora)
     optimizer, scheduler = adamw_with_schedule(parameters, lr=config.lr, weight_decay=config.weight_decay,
                                                betas=config.adam_betas, total=steps, warmup=config.warmup_steps,
                                                schedule=config.lr_schedule)
@@ -199,13 +202,13 @@ def _logged_before(run_dir: Path) -> dict[str, float]:
 
 
 def save_final(model, tokenizer, run_dir: Path, results: dict[str, Any]) -> Path:
-    """The trained model as a HF directory (run_dir/final) and the results next to it; the results of a finished
-    run (resumed: they name its final model) are saved already."""
+    """The trained model as a HF directory (run_dir/final; with LoRA the merged model, its adapters in
+    final/adapter/: rlvf.models.lora.save_trained) and the results next to it; the results of a finished run
+    (resumed: they name its final model) are saved already."""
     if "final_model" in results:
         return Path(results["final_model"])
     final = run_dir / "final"
-    model.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    save_trained(model, tokenizer, final)
     results["final_model"] = str(final)
     (run_dir / "results.json").write_text(json.dumps(results, indent=2))
     return final
