@@ -46,9 +46,19 @@ from rlvf.errors import ConfigError
 from rlvf.models.critic import ValueModel, build_critic, value_metrics
 from rlvf.models.forward import PolicyForward, completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
+from rlvf.models.lora import adapters_disabled, apply_lora, has_adapters, save_trained
 from rlvf.sampling import SamplingParams, build_sampler
 from rlvf.stages.evaluate import CORRECT, evaluate, score_samples
-from rlvf.stages.rollout import Rollout, completion_stats, masked_mean, recompute_old_logprobs, rollout_from_samples
+from rlvf.stages.rollout import (
+    Mismatch,
+    Rollout,
+    completion_stats,
+    masked_mean,
+    recompute_old_logprobs,
+    rollout_from_samples,
+    sampler_log_ratio,
+    truncated_importance_weights,
+)
 
 
 def _summed(counts) -> dict[str, int]:
@@ -185,14 +195,19 @@ class Trainer:
             raise ConfigError(f"task '{self.task.name}' has no training rows")
         self._check_algorithm()
         self._check_parallel()
+        if self.dist.fsdp and config.model.lora is not None:
+            raise ConfigError("model.lora with train.parallel = 'fsdp' is not supported: use train.parallel = 'ddp' "
+                              "(with LoRA each rank holds the frozen weights once and only the adapters train)")
 
         torch.manual_seed(config.seed)
         self.policy = load_policy(config.model)
         self.model, self.tokenizer = self.policy.model, self.policy.tokenizer
         if config.train.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
+        # The reference policy (algorithm.beta > 0): a frozen copy of the initial policy; with LoRA the policy itself
+        # with its adapters off (compute_advantages), no second copy of the weights.
         self.reference = None
-        if config.algorithm.beta > 0:
+        if config.algorithm.beta > 0 and config.model.lora is None:
             self.reference = load_policy(config.model).model.eval().requires_grad_(False)
         self.sampler = build_sampler(registry, config.sampling, self.model, self.tokenizer, path=self.policy.path,
                                      seed=config.seed)
@@ -202,12 +217,18 @@ class Trainer:
             raise ConfigError("train.parallel = 'fsdp' samples with the HF sampler only: set sampling.sampler = 'hf' "
                               "(or use train.parallel = 'ddp')")
         self._build_critic()
+        # LoRA after the critic: a critic with a decoder of its own copies the base weights and trains fully; one on
+        # the policy's backbone trains its head, and the adapters with the policy's loss.
+        apply_lora(self.model, config.model.lora)
+        if config.algorithm.beta > 0 and has_adapters(self.model):
+            self.reference = self.model
         # The modules whose forward passes train: as they are on one process, under DDP, or sharded by FSDP2 (the
         # decoder layers as units), which is why the optimizer is built after them.
         shared_head = self.critic.module if self.critic is not None and self.critic.shares_policy else None
         self.policy_forward = self.dist.wrap(PolicyForward(self.model, shared_head),
                                              shard_layers=list(getattr(self.model.get_decoder(), "layers", [])))
-        self.optimizer, self.scheduler = self._optimizer(self.model.parameters(), config.train.lr)
+        self.optimizer, self.scheduler = self._optimizer([p for p in self.model.parameters() if p.requires_grad],
+                                                         config.train.lr)  # with LoRA: the adapters
         self.step = 0
         self.last_checkpoint: int | None = None  # the step of the last checkpoint saved or resumed from
         self._scored = None  # (rows, MixResult) of the last step, for train.log_completions_every
@@ -312,6 +333,13 @@ class Trainer:
                                        first_group=self.dist.rank * len(rows))
         return rollout, samples, completion_stats(samples, self.dist)
 
+    def on_policy(self) -> bool:
+        """Whether each rollout feeds exactly one optimiser step (one epoch, one mini-batch) and nothing reads its
+        old log-probs before the update (a KL penalty in the reward does): pi_old is then the policy of that step,
+        and the update's own forward gives the old log-probs (ratio exactly 1), with no separate pass."""
+        a = self.config.algorithm
+        return self._optimizer_steps_per_step() == 1 and not (a.beta > 0 and a.kl_in == "reward")
+
     def recompute_old_logprobs(self, rollout: Rollout) -> dict[str, float]:
         """The trainer's own old log-probs for a sampler that computes them another way (vLLM), truncated
         importance weights if algorithm.tis_cap is set, and the mismatch metrics (rlvf.stages.rollout)."""
@@ -335,8 +363,12 @@ class Trainer:
         metrics: dict[str, float] = {}
         token_kl = kl_penalty = None
         if self.reference is not None:
-            with torch.no_grad():  # no graph is kept, and completion_logprobs already goes group by group
+            training = self.reference.training
+            self.reference.eval()  # with LoRA the reference is the policy, which trains: no dropout here
+            # no graph is kept, and completion_logprobs already goes group by group
+            with torch.no_grad(), adapters_disabled(self.reference):
                 rollout.ref_logprobs, _ = completion_logprobs(self.reference, rollout, self.config.sampling.temperature)
+            self.reference.train(training)
             kl_estimator = self.registry.algorithms.kl_estimator[a.kl_estimator]
             token_kl = kl_estimator(rollout.old_logprobs, rollout.ref_logprobs).cpu()
             if a.kl_in == "reward":  # the estimator decides how (sequence_rewards() or token_rewards())
@@ -372,8 +404,15 @@ class Trainer:
         a mini-batch, the loss normalisers count the whole mini-batch, and each rank's loss is scaled by the world
         size (DDP and FSDP average gradients). Ranks run as many micro-batches each, a rank short of rows running
         stand-ins that add nothing (Rollout.stand_in), so that their collective operations match.
+
+        An on-policy rollout (Rollout.on_policy) takes its old log-probs from the forward of its one optimiser step,
+        and the mismatch with the sampler's log-probs (if it has them) over the rows trained on.
         """
         t, dist = self.config.train, self.dist
+        if rollout.on_policy and self._optimizer_steps_per_step() != 1:
+            raise ValueError("an on-policy rollout feeds exactly one optimiser step (train.epochs = 1, one mini-batch)")
+        mismatch = (Mismatch(self.config.algorithm.tis_cap)
+                    if rollout.on_policy and rollout.sampler_logprobs is not None else None)
         batch = 0 if rollout.padding else rollout.input_ids.shape[0]
         global_batch = dist.sum(batch)
         mini = t.mini_batch_size or global_batch
@@ -391,15 +430,18 @@ class Trainer:
                 chunks = [order[start: start + mini] for start in range(0, batch, mini)]
             for rows in chunks:
                 part = rollout.select(rows) if len(rows) else rollout.stand_in()
-                self._mini_batch_step(part, len(rows), means, with_entropy=epoch == 0)
+                self._mini_batch_step(part, len(rows), means, with_entropy=epoch == 0, mismatch=mismatch)
         metrics = means.over_ranks(dist)
+        if mismatch is not None:
+            metrics |= mismatch.metrics(dist)
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         return metrics
 
-    def _mini_batch_step(self, part: Rollout, rows: int, means: _StepMeans, with_entropy: bool) -> None:
+    def _mini_batch_step(self, part: Rollout, rows: int, means: _StepMeans, with_entropy: bool,
+                         mismatch: Mismatch | None = None) -> None:
         """One optimiser step on this rank's `rows` rows (`part`) of a mini-batch: its micro-batches accumulate
         gradients, which are reduced over the ranks in the backward of the last. Each real micro-batch's metrics,
-        then the step's loss and gradient norms, go to `means`."""
+        then the step's loss and gradient norms, go to `means` (and its mismatch to `mismatch`)."""
         t, dist = self.config.train, self.dist
         totals = algorithms.BatchTotals(sequences=dist.sum(rows), tokens=dist.sum(int(part.mask.sum())),
                                         max_tokens=self.config.sampling.max_new_tokens)
@@ -415,7 +457,7 @@ class Trainer:
             micro = (part.select(by_group[starts[index]: starts[index] + t.micro_batch_size]) if real
                      else part.stand_in())
             with dist.accumulating(wrapped, sync=index == micro_batches - 1):
-                loss, critic_loss, metrics = self._micro_batch_loss(micro, totals, with_entropy)
+                loss, critic_loss, metrics = self._micro_batch_loss(micro, totals, with_entropy, mismatch)
                 if critic_loss is not None:
                     (critic_loss * dist.world_size).backward()
                 (loss * dist.world_size).backward()  # DDP and FSDP average over ranks: the sum is wanted
@@ -430,21 +472,31 @@ class Trainer:
         if self.critic is not None:
             means.add({"critic/grad_norm": self.critic.step()})
 
-    def _micro_batch_loss(self, micro: Rollout, totals: algorithms.BatchTotals, with_entropy: bool
-                          ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
+    def _micro_batch_loss(self, micro: Rollout, totals: algorithms.BatchTotals, with_entropy: bool,
+                          mismatch: Mismatch | None = None) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
         """(the policy's loss on a micro-batch: its policy loss, times the TIS weights, plus beta * KL when
         algorithm.kl_in = "loss", aggregated over `totals`, plus vf_coef times the loss of a critic that shares
-        its backbone; the loss of a critic with a decoder of its own, else None; the micro-batch's metrics)."""
+        its backbone; the loss of a critic with a decoder of its own, else None; the micro-batch's metrics).
+        On-policy, the old log-probs are this forward's, detached, and so are the TIS weights' and `mismatch`'s."""
         a = self.config.algorithm
         policy_loss = self.registry.algorithms.policy_loss[a.policy_loss]
         aggregate = self.registry.algorithms.loss_aggregation[a.loss_aggregation]
         logprobs, entropy, values = self.policy_forward(micro, self.config.sampling.temperature,
                                                         with_entropy=with_entropy)
+        old_logprobs, tis_weights = micro.old_logprobs, micro.tis_weights
+        if micro.on_policy:
+            old_logprobs = logprobs.detach()
+            if micro.sampler_logprobs is not None:
+                log_ratio, real = sampler_log_ratio(logprobs, micro)
+                if a.tis_cap is not None:
+                    tis_weights = truncated_importance_weights(log_ratio, a.tis_cap)
+                if mismatch is not None and not micro.padding:
+                    mismatch.add(log_ratio, real)
         token_loss, loss_metrics = algorithms.call_with_options(
-            policy_loss, logprobs, micro.old_logprobs, micro.advantages, micro.mask,
+            policy_loss, logprobs, old_logprobs, micro.advantages, micro.mask,
             options=a.policy_loss_options, what=f"policy loss '{a.policy_loss}'")
-        if micro.tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
-            token_loss = token_loss * micro.tis_weights
+        if tis_weights is not None:  # the tokens came from the sampler's policy, not the old one
+            token_loss = token_loss * tis_weights
         metrics: dict[str, Any] = {}
         if self.reference is not None:
             kl = self.registry.algorithms.kl_estimator[a.kl_estimator](logprobs, micro.ref_logprobs)
@@ -461,7 +513,7 @@ class Trainer:
         metrics |= loss_metrics
         if entropy is not None:
             metrics["entropy"] = masked_mean(entropy, micro.mask)
-        metrics["ratio/mean"] = masked_mean(torch.exp(logprobs.detach() - micro.old_logprobs), micro.mask)
+        metrics["ratio/mean"] = masked_mean(torch.exp(logprobs.detach() - old_logprobs), micro.mask)
         return loss, critic_loss, metrics
 
     def _rows_to_train(self, rollout: Rollout, scores: torch.Tensor) -> tuple[Rollout | None, dict[str, float]]:
@@ -489,7 +541,10 @@ class Trainer:
         rows = rows[self.dist.rank * share: (self.dist.rank + 1) * share]  # this rank's prompts (all, on one)
         with timings("time/sampling"):
             rollout, samples, metrics = self.rollout(rows)
-        if not self.sampler.exact_logprobs:
+        rollout.on_policy = self.on_policy()
+        if rollout.on_policy and not self.sampler.exact_logprobs:  # compared with the update's own forward
+            rollout.sampler_logprobs = rollout.old_logprobs
+        elif not self.sampler.exact_logprobs:
             with timings("time/old_logprobs"):
                 metrics |= self.recompute_old_logprobs(rollout)
         with timings("time/scoring"):
@@ -582,7 +637,7 @@ class Trainer:
     # --- checkpoints ---
 
     def _parameter_names(self) -> list[str]:
-        return [name for name, _ in self.model.named_parameters()]  # the optimizer's order
+        return [name for name, p in self.model.named_parameters() if p.requires_grad]  # the optimizer's, in order
 
     def _full_policy_weights(self) -> dict[str, torch.Tensor] | None:
         """Under FSDP the policy's full weights, gathered from the shards (all ranks call this; rank 0 gets them),
@@ -594,16 +649,17 @@ class Trainer:
         return {key: value for key, value in full.items() if key in own}
 
     def _save_policy(self, directory: Path) -> None:
-        """The policy's full weights and tokenizer as a HF directory, written by rank 0 (all ranks call this)."""
+        """The policy's full weights and tokenizer as a HF directory, written by rank 0 (all ranks call this); with
+        LoRA the merged weights, and the adapters in directory/adapter/ (rlvf.models.lora.save_trained)."""
         full = self._full_policy_weights()
         if not self.dist.is_main:
             return
-        self.model.save_pretrained(directory, **({} if full is None else {"state_dict": full}))
-        self.tokenizer.save_pretrained(directory)
+        save_trained(self.model, self.tokenizer, directory, full)
 
     def save_checkpoint(self) -> Path:
-        """Full (unsharded) weights and optimizer state, whatever the number of ranks: any number resumes it
-        (rlvf.engine.checkpoint: a kill or Ctrl-C at any moment leaves the previous checkpoints as they were)."""
+        """Full (unsharded) weights, or with LoRA the adapters, and optimizer state, whatever the number of ranks:
+        any number resumes it (rlvf.engine.checkpoint: a kill or Ctrl-C at any moment leaves the previous
+        checkpoints as they were)."""
         optimizer_state = (self.dist.full_optimizer_state(self.policy_forward, self.optimizer, self._parameter_names(),
                                                           prefix="policy.")
                            if self.dist.fsdp else self.optimizer.state_dict())

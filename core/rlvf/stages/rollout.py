@@ -1,8 +1,10 @@
-"""A step's completions as the trainer's tensors (Rollout), built from the sampler's Samples, and the old
-log-probs recomputed by the trainer's own model for a sampler that computes them another way."""
+"""A step's completions as the trainer's tensors (Rollout), built from the sampler's Samples; the old log-probs
+recomputed by the trainer's own model for a sampler that computes them another way, and the mismatch between the
+two (Mismatch)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,9 +26,12 @@ class Rollout:
     advantages: torch.Tensor | None = None  # [B, T]
     ref_logprobs: torch.Tensor | None = None  # [B, T]
     values: torch.Tensor | None = None  # [B, T] the critic's values when the rollout was made (no grad)
-    sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when old_logprobs are recomputed
+    sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when it computes them another way
     tis_weights: torch.Tensor | None = None  # [B, T] truncated importance weights (algorithm.tis_cap)
     returns: torch.Tensor | None = None  # [B, T] the critic's targets
+    # old_logprobs are not read: the rollout feeds one optimiser step, whose policy is pi_old, so the detached
+    # log-probs of its own forward are the old ones (and are compared there with sampler_logprobs, if set)
+    on_policy: bool = False
     padding: bool = False  # a stand-in without real rows (see stand_in)
 
     def stand_in(self) -> Rollout:
@@ -91,29 +96,71 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
     return float((values * mask).sum() / mask.sum().clamp(min=1))
 
 
+def sampler_log_ratio(trainer_logprobs: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log pi_trainer - log pi_sampler per completion token, 0 on padding; where the completion tokens are) for a
+    rollout holding the sampler's log-probs as sampler_logprobs."""
+    real = rollout.completion_ids != -1
+    return trainer_logprobs.detach() * real - rollout.sampler_logprobs, real
+
+
+def truncated_importance_weights(log_ratio: torch.Tensor, tis_cap: float) -> torch.Tensor:
+    """min(pi_trainer / pi_sampler, tis_cap) per token: the tokens came from the sampler's policy."""
+    return log_ratio.exp().clamp(max=tis_cap)
+
+
+class Mismatch:
+    """The mismatch between the sampler's log-probs and the trainer's, as token-weighted sums over any number of
+    parts (micro-batches, ranks): metrics() equal those of one pass over the whole step's batch."""
+
+    def __init__(self, tis_cap: float | None):
+        self.tis_cap = tis_cap
+        self.totals = {"tokens": 0.0, "kl": 0.0, "ratio": 0.0, "clipped": 0.0}
+        self.ratio_max, self.ratio_min = -math.inf, math.inf
+
+    def add(self, log_ratio: torch.Tensor, real: torch.Tensor) -> None:
+        ratio, real = log_ratio.exp(), real.to(log_ratio.dtype)
+        for name, values in (("tokens", real), ("kl", (ratio - 1 - log_ratio) * real),  # k3: KL(sampler || trainer)
+                             ("ratio", ratio * real)):
+            self.totals[name] += float(values.sum())
+        if self.tis_cap is not None:
+            self.totals["clipped"] += float(((ratio > self.tis_cap) * real).sum())
+        if bool(real.any()):
+            ratios = ratio[real > 0]
+            self.ratio_max, self.ratio_min = max(self.ratio_max, float(ratios.max())), \
+                min(self.ratio_min, float(ratios.min()))
+
+    def metrics(self, dist) -> dict[str, float]:
+        """The step's mismatch metrics (every rank's tokens under torchrun: all ranks call this)."""
+        totals, ratio_max, ratio_min = self.totals, self.ratio_max, self.ratio_min
+        if dist.enabled:
+            parts = dist.gather_objects((totals, ratio_max, ratio_min))
+            totals = {name: sum(part[0][name] for part in parts) for name in totals}
+            ratio_max, ratio_min = max(part[1] for part in parts), min(part[2] for part in parts)
+        tokens = max(totals["tokens"], 1.0)
+        metrics = {"mismatch/kl": totals["kl"] / tokens, "mismatch/ratio_mean": totals["ratio"] / tokens,
+                   "mismatch/ratio_max": ratio_max if totals["tokens"] else 1.0,
+                   "mismatch/ratio_min": ratio_min if totals["tokens"] else 1.0}
+        if self.tis_cap is not None:
+            metrics["mismatch/tis_clipped"] = totals["clipped"] / tokens
+        return metrics
+
+
 def recompute_old_logprobs(rollout: Rollout, model, *, temperature: float, tis_cap: float | None, dist,
                            wrapped_policy: torch.nn.Module) -> dict[str, float]:
     """Replace the rollout's old log-probs, the sampler's (kept as sampler_logprobs), by `model`'s (the module that
     `wrapped_policy` wraps for `dist`), and set truncated importance weights min(ratio, tis_cap) if a cap is given;
-    returns the mismatch between the two over the whole step's batch."""
+    returns the mismatch between the two over the whole step's batch. A separate pass, for an update of several
+    optimiser steps: with one, the update's own forward gives both (Rollout.on_policy)."""
     was_training = model.training
     model.eval()
     with torch.no_grad(), dist.full_weights(wrapped_policy):
         trainer, _ = completion_logprobs(model, rollout, temperature)
     model.train(was_training)
-    real = rollout.completion_ids != -1
-    rollout.sampler_logprobs, rollout.old_logprobs = rollout.old_logprobs, trainer * real
-    log_ratio = rollout.old_logprobs - rollout.sampler_logprobs  # log pi_trainer / pi_sampler, 0 on padding
-    ratio = log_ratio.exp()
+    rollout.sampler_logprobs = rollout.old_logprobs
+    log_ratio, real = sampler_log_ratio(trainer, rollout)
+    rollout.old_logprobs = trainer * real
     if tis_cap is not None:
-        rollout.tis_weights = ratio.clamp(max=tis_cap)
-    # the metrics over the whole step's batch (every rank's rows under torchrun)
-    log_ratio, real = dist.gather_rows(log_ratio), dist.gather_rows(real.float()) > 0
-    ratio = log_ratio.exp()
-    metrics = {"mismatch/kl": masked_mean(ratio - 1 - log_ratio, real),  # k3 estimate of KL(sampler || trainer)
-               "mismatch/ratio_mean": masked_mean(ratio, real),
-               "mismatch/ratio_max": float(ratio[real].max()) if bool(real.any()) else 1.0,
-               "mismatch/ratio_min": float(ratio[real].min()) if bool(real.any()) else 1.0}
-    if tis_cap is not None:
-        metrics["mismatch/tis_clipped"] = masked_mean((ratio > tis_cap).float(), real)
-    return metrics
+        rollout.tis_weights = truncated_importance_weights(log_ratio, tis_cap)
+    mismatch = Mismatch(tis_cap)
+    mismatch.add(log_ratio, real)
+    return mismatch.metrics(dist)
