@@ -15,7 +15,8 @@ advantage estimators see the whole batch (every rank gathers their inputs and ke
 ones, like reinforce_pp or grpo with normalize = "batch", need it), the loss normalisers (sequences, tokens) are
 global totals, and each rank's loss is scaled by the world size because DDP and FSDP average gradients. The
 checkpoints hold full (unsharded) weights and optimizer state written by rank 0, so a run resumes on any number
-of ranks. Without torchrun (WORLD_SIZE unset or 1) nothing here does anything: a single process.
+of ranks. Without torchrun (WORLD_SIZE unset), or on one rank with train.parallel = "none", nothing here does
+anything: a single process.
 """
 
 from __future__ import annotations
@@ -44,10 +45,13 @@ class Distributed:
     local_rank: int = 0
     # where tensors go for collectives (the rank's GPU under nccl)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    # a process group even of one rank (torchrun --nproc_per_node 1 with train.parallel set): the DDP / FSDP code
+    # runs as it would on many ranks (bench/gpu_check.py checks nccl so on one GPU)
+    grouped: bool = False
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.world_size > 1 or self.grouped
 
     @property
     def is_main(self) -> bool:
@@ -228,12 +232,12 @@ class Distributed:
 
 
 def init_distributed(parallel: str = "none") -> Distributed:
-    """The process group torchrun's environment asks for (gloo on CPU, nccl with one GPU per rank), or a single
-    process when WORLD_SIZE is unset or 1."""
+    """The process group torchrun's environment asks for (gloo on CPU, nccl with one GPU per rank), also of one rank
+    when train.parallel is set; a single process when WORLD_SIZE is unset, or 1 with train.parallel = 'none'."""
     if parallel not in PARALLEL:
         raise ConfigError(f"train.parallel must be one of {', '.join(PARALLEL)}, got {parallel!r}")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    if world_size <= 1 and (parallel == "none" or "WORLD_SIZE" not in os.environ):
         return Distributed(parallel=parallel)
     if parallel == "none":
         raise ConfigError(f"started by torchrun with {world_size} processes, but train.parallel = 'none': set it to "
@@ -247,4 +251,5 @@ def init_distributed(parallel: str = "none") -> Distributed:
         device = torch.device("cuda", local_rank)
     if not dist.is_initialized():  # a long timeout: the other ranks wait while rank 0 evaluates or saves
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=2))
-    return Distributed(parallel=parallel, rank=rank, world_size=world_size, local_rank=local_rank, device=device)
+    return Distributed(parallel=parallel, rank=rank, world_size=world_size, local_rank=local_rank, device=device,
+                       grouped=True)
