@@ -251,7 +251,11 @@ def flops_per_token(result: dict) -> float:
 
 
 def params_cell(result: dict) -> str:
-    return f"{result['params'] / 1e6:.0f} ({result['trained_params'] / 1e6:.1f})"
+    """'all (trained)' parameters in millions."""
+    def millions(count: int) -> str:
+        return f"{count / 1e6:.0f}" if count >= 1e8 else f"{count / 1e6:.3g}"
+
+    return f"{millions(result['params'])} ({millions(result['trained_params'])})"
 
 
 def main() -> None:
