@@ -55,9 +55,12 @@ class VLLMSampler:
         vLLM's `reload_weights` worker call runs the model's own `load_weights` (which maps HF names, fuses
         q/k/v and gate/up, and repacks weights for the CPU kernels) inside the engine; calling
         `model.load_weights` directly fails on the CPU backend, whose repacked parameters lost their loaders.
+        A model with LoRA adapters sends its merged weights under the base model's names (rlvf.models.lora).
         """
+        from rlvf.models.lora import merged_weights
+
         start = time.perf_counter()
-        weights = [(name, tensor.detach()) for name, tensor in model.state_dict().items()]
+        weights = [(name, tensor.detach()) for name, tensor in merged_weights(model).items()]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
         self.llm.reset_prefix_cache()  # cached KV of prompts was computed with the old weights
         return time.perf_counter() - start

@@ -109,12 +109,14 @@ class VLLMServerSampler:
     def sync_weights(self, model) -> float:
         from safetensors.torch import save_file
 
+        from rlvf.models.lora import merged_weights
+
         start = time.perf_counter()
         # Every name of the state dict, tied ones too (save_pretrained would drop lm_head.weight): vLLM's CPU backend
         # keeps its own copy of a tied LM head, which only a weight of that name updates. Shared storage is cloned
-        # because safetensors refuses it.
+        # because safetensors refuses it. With LoRA: the merged weights under the base model's names.
         weights, seen = {}, set()
-        for name, tensor in model.state_dict().items():
+        for name, tensor in merged_weights(model).items():
             tensor = tensor.detach()
             pointer = tensor.untyped_storage().data_ptr()
             weights[name] = tensor.clone().contiguous() if pointer in seen else tensor.contiguous()
