@@ -36,8 +36,14 @@ def _loggers_installed(report_to: list[str]) -> list[str]:
 
 
 class LoraConfig(Section):
-    """LoRA adapters (peft, rlvf.models.lora) on the model a training stage trains: W x + (alpha / r) B A x with
-    W frozen. The final model is saved merged (a plain HF directory), its adapters in final/adapter/."""
+    """LoRA adapters (peft, rlvf.models.lora) on the model a training stage trains (`rlvf train`, sft, dpo,
+    train-rm, train-judge): W x + (alpha / r) B A x with W frozen; only the adapters train (and a reward model's
+    score head, fully). The reference policy (algorithm.beta > 0, DPO) is the model with its adapters off, no
+    second copy; checkpoints hold the adapters and optimizer state; the final model is saved merged (a plain HF
+    directory), its adapters in final/adapter/; vLLM samplers get the merged weights. PPO: a critic with a
+    decoder of its own (critic.init) trains fully; with critic.share_policy_backbone the value head trains fully
+    and the shared adapters take the value loss too. With DDP, not with train.parallel = "fsdp". A higher lr than
+    a full update's is usual (e.g. 10x)."""
 
     r: int = 16  # rank of A (r x in) and B (out x r)
     alpha: float = 32.0  # the update is scaled by alpha / r

@@ -6,7 +6,9 @@ With h = [log pi(y+|x) - log pi_ref(y+|x)] - [log pi(y-|x) - log pi_ref(y-|x)] (
     ipo (IPO):       loss = (h - 1 / (2 beta))^2
 
 The reference log-probs are computed once, before the first update (by the policy itself, or by
-`dpo.reference`), so no reference model stays in memory during training. Metrics: the implicit rewards
+`dpo.reference`), so no reference model stays in memory during training. With LoRA ([model] lora) the reference
+is the policy with its adapters off (rlvf.models.lora.adapters_disabled): no second copy, even for the KL after
+training. Metrics: the implicit rewards
 beta [log pi(y|x) - log pi_ref(y|x)] of chosen and rejected completions, their margin, preference accuracy
 (the chosen one's implicit reward is higher; a tie counts half), and after training KL(pi || pi_ref), estimated
 from completions the trained policy samples on held-out prompts.
@@ -14,6 +16,7 @@ from completions the trained policy samples on held-out prompts.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +27,7 @@ from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.models.forward import completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
+from rlvf.models.lora import adapters_disabled, apply_lora, has_adapters
 from rlvf.sampling import SamplingParams, model_sampler
 from rlvf.stages import supervised
 from rlvf.stages.pairs import load_pairs, pair_metrics, prompt_key
@@ -97,10 +101,11 @@ def pair_logprobs(model, examples: list[PairExample], pad_id: int) -> tuple[torc
 
 
 def precompute_reference(model, examples: list[PairExample], pad_id: int, batch_size: int) -> None:
-    """Store the reference's sequence log-probs in the examples, once."""
+    """Store the reference's sequence log-probs in the examples, once: `model`'s, with its adapters off if it has
+    LoRA adapters (the policy before training)."""
     was_training = model.training
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), adapters_disabled(model):
         for start in range(0, len(examples), batch_size):
             chunk = examples[start: start + batch_size]
             chosen, rejected = pair_logprobs(model, chunk, pad_id)
@@ -112,7 +117,8 @@ def precompute_reference(model, examples: list[PairExample], pad_id: int, batch_
 def sampled_kl(policy, reference, tokenizer, prompts: list[Any], max_new_tokens: int, seed: int,
                batch_size: int = 16) -> dict[str, float]:
     """KL(pi || pi_ref) per sequence, estimated as the mean of log pi(y|x) - log pi_ref(y|x) over completions y
-    the policy samples (temperature 1), one per prompt; also per token."""
+    the policy samples (temperature 1), one per prompt; also per token. `reference` may be `policy` itself: its
+    adapters off (LoRA)."""
     if not prompts:
         return {}
     prompt_ids = encode_prompts(tokenizer, prompts)
@@ -120,7 +126,7 @@ def sampled_kl(policy, reference, tokenizer, prompts: list[Any], max_new_tokens:
         prompt_ids, SamplingParams(temperature=1.0, max_new_tokens=max_new_tokens, n=1), seed=seed)
     device = next(reference.parameters()).device
     total, tokens = 0.0, 0
-    with torch.no_grad():
+    with torch.no_grad(), adapters_disabled(reference) if reference is policy else contextlib.nullcontext():
         for start in range(0, len(prompt_ids), batch_size):
             ids = [c or [tokenizer.eos_token_id] for c in samples.completion_ids[start: start + batch_size]]
             logprobs = samples.logprobs[start: start + batch_size]
@@ -148,6 +154,7 @@ def run_dpo(config: Config, registry, *, resume: bool = False, force_resume: boo
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
     model, tokenizer, pad = policy.model, policy.tokenizer, policy.tokenizer.pad_token_id
+    apply_lora(model, config.model.lora)  # [model] lora: the adapters train, and the policy without them is pi_ref
     train = encode_pair_examples(tokenizer, train_pairs, d.max_length)
     held_out = encode_pair_examples(tokenizer, eval_pairs, d.max_length)
     reference = load_policy(config.model, path=d.reference).model if d.reference else model
@@ -184,7 +191,8 @@ def run_dpo(config: Config, registry, *, resume: bool = False, force_resume: boo
 
     def kl_to_reference():
         prompts = list({prompt_key(p["prompt"]): p["prompt"] for p in eval_pairs or train_pairs}.values())
-        reference = load_policy(config.model, path=d.reference).model.eval()
+        reference = model if has_adapters(model) and not d.reference else \
+            load_policy(config.model, path=d.reference).model.eval()
         return sampled_kl(model, reference, tokenizer, prompts[: d.kl_prompts], d.kl_max_new_tokens, config.seed,
                           batch_size=d.micro_batch_size)
 

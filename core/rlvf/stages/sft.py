@@ -23,6 +23,7 @@ from rlvf.api.text import completion_text
 from rlvf.config import Config
 from rlvf.errors import ConfigError
 from rlvf.models.loading import load_policy
+from rlvf.models.lora import apply_lora
 from rlvf.stages import supervised
 
 
@@ -140,7 +141,7 @@ def run_sft(config: Config, registry, *, resume: bool = False, force_resume: boo
                                             force_resume=force_resume)
     torch.manual_seed(config.seed)
     policy = load_policy(config.model)
-    model, tokenizer = policy.model, policy.tokenizer
+    model, tokenizer = apply_lora(policy.model, config.model.lora), policy.tokenizer  # [model] lora: adapters train
     train = encode_demonstrations(tokenizer, train_rows, s.max_length)
     held_out = encode_demonstrations(tokenizer, eval_rows[: s.eval_limit], s.max_length)
     pad = tokenizer.pad_token_id

@@ -15,6 +15,7 @@ from rlvf.api import (
     CORRECT,
     ConfigError,
     ModelConfig,
+    apply_lora,
     build_sampler,
     check_batching,
     completion_text,
@@ -168,7 +169,7 @@ def run_train_judge(config: JudgeStageConfig, registry=None, *, resume: bool = F
         raise ConfigError("train-judge: no training rows" + (f" (generated: {generated})" if generated else ""))
 
     policy = load_policy(config.model)
-    model, tokenizer = policy.model, policy.tokenizer
+    model, tokenizer = apply_lora(policy.model, config.model.lora), policy.tokenizer  # [model] lora: adapters train
     pad = tokenizer.pad_token_id
     chat = uses_chat(tokenizer, j.chat)
     yes_ids, no_ids = yes_no_ids(tokenizer, j.yes, j.no)

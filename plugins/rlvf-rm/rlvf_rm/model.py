@@ -75,6 +75,12 @@ def load_reward_model(path: str, dtype: str = "auto", from_causal_lm: bool = Fal
     return model.to(device or auto_device).eval(), tokenizer
 
 
+def score_heads(model) -> list[str]:
+    """Names of the modules a sequence-classification model adds to its body (`score` for Llama and Qwen): what
+    trains fully when the body trains LoRA adapters."""
+    return [name for name, module in model.named_children() if module is not model.base_model]
+
+
 def reward_forward(model, sequences: list[list[int]], pad_id: int) -> torch.Tensor:
     """Scores [N] of token-id sequences (with gradient if enabled), right-padded into one batch."""
     device = next(model.parameters()).device

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from rlvf.api import (
     ConfigError,
+    apply_lora,
     check_batching,
     load_pairs,
     pair_metrics,
@@ -23,7 +24,7 @@ from rlvf.api import (
     train_loop,
 )
 from rlvf_rm.config import RMStageConfig
-from rlvf_rm.model import encode_for_reward, load_reward_model, reward_forward, reward_scores
+from rlvf_rm.model import encode_for_reward, load_reward_model, reward_forward, reward_scores, score_heads
 
 
 def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor, margin: torch.Tensor | float | None = None
@@ -62,6 +63,8 @@ def run_train_rm(config: RMStageConfig, registry=None, *, resume: bool = False, 
     run_dir = prepare_output_dir(r.output_dir, "rm.output_dir", config, resume=resume, force_resume=force_resume)
     torch.manual_seed(config.seed)  # the fresh score head
     model, tokenizer = load_reward_model(resolve_model(config.model.name), config.model.dtype, from_causal_lm=True)
+    # [model] lora: adapters on the body; the fresh score head trains fully (peft's modules_to_save)
+    apply_lora(model, config.model.lora, modules_to_save=score_heads(model))
     pad = tokenizer.pad_token_id
     train = encode_pairs(tokenizer, train_pairs, r.max_length, r.margin_column, r.margin)
     held_out = encode_pairs(tokenizer, eval_pairs, r.max_length, r.margin_column, r.margin)
