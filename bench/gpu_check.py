@@ -18,8 +18,8 @@ pytest-timeout (no vLLM, no `datasets`, no hub). Each part runs in its own subpr
 Columns: s/step (the median over the steps after the first), where a step's time goes (sample / train s: rlvf's
 time/sampling and time/training; TRL's generation-and-scoring and the rest of its step), generated tokens/s,
 peak GPU memory (torch.cuda.max_memory_allocated), and MFU of the update: FLOPs per token (6 P full, 4 P + 6 P_lora
-for LoRA, as bench/grpo_vs_trl.py counts them) x tokens / training s / --peak-tflops (790 bf16), over the
-completion tokens and over completion + prompt tokens.
+for LoRA) x tokens / training s / --peak-tflops (790 bf16), over the completion tokens and over those plus the
+prompt tokens the update runs (TRL each sequence's, rlvf each group's once), as bench/grpo_vs_trl.py counts them.
 
 Setup from a bare checkout. rlvf finds its own algorithms and samplers, like any plugin's, through entry points
 (rlvf.plugins reads importlib.metadata), so PYTHONPATH=core alone is not enough: a distribution's metadata must be
@@ -34,13 +34,15 @@ on sys.path too. So:
   subprocesses' PYTHONPATH: the very entry points an install would register, with nothing installed.
 rlvf also imports pydantic and pluggy (pytest brings pluggy); an image without them needs their wheels, fetched
 where there is a network (`pip download --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64
--d build/gpu-wheels pydantic pluggy`, a few MB) and passed as --wheels build/gpu-wheels. The check never needs
-`datasets` (its task and reward are registered in-process, and rlvf imports `datasets` only for dataset tasks).
+-d build/gpu-wheels pydantic pluggy`: 3 MB, carried with the checkout) and passed as --wheels build/gpu-wheels: they
+are installed into WORK_DIR/deps, which goes on the path (the image's python is left as it is). The check never
+needs `datasets` (its task and reward are registered in-process; rlvf imports `datasets` only for dataset tasks).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata
 import importlib.util
 import json
@@ -49,7 +51,6 @@ import re
 import resource
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -243,7 +244,7 @@ def rlvf_run(args, workload: Workload, shape: str, lora: bool = False, parallel:
     try:
         if parallel != "none" and not trainer.dist.enabled:
             raise RuntimeError(f"train.parallel = {parallel!r} under torchrun made no process group")
-        steps = rlvf_steps(trainer, workload.steps, workload.group)
+        steps = rlvf_steps(trainer, workload.steps)
         return {"steps": steps, **parameter_counts(trainer.model), "peak_gpu_gb": peak_memory_gb(args.device),
                 "note": trainer.dist.describe()}
     finally:
@@ -360,11 +361,15 @@ def source_tree_paths(site: Path) -> list[str]:
 
 
 def setup_rlvf(args) -> dict[str, str]:
-    """Make rlvf (its entry points too) importable here and in the subprocesses; the environment they need."""
+    """Make rlvf (its requirements and entry points too) importable here and in the subprocesses; the environment
+    they need."""
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TOKENIZERS_PARALLELISM": "false"}
     if args.device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # torch sees no GPU: rlvf picks the CPU, float32 and gloo
+    paths = [*requirement_paths(args), *filter(None, [os.environ.get("PYTHONPATH")])]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
     if not args.source_tree and rlvf_installed_here():
         return env
     if args.install and not args.source_tree and setuptools_usable() and pip_install_editable():
@@ -372,33 +377,39 @@ def setup_rlvf(args) -> dict[str, str]:
     if args.install and not args.source_tree and not setuptools_usable():
         print("setuptools >= 68 is not importable (pip install setuptools where there is a network, or bring its "
               "wheel): running from the source tree instead", file=sys.stderr)
-    paths = source_tree_paths(args.work_dir / "site")
-    sys.path[:0] = paths
+    source = source_tree_paths(args.work_dir / "site")
+    sys.path[:0] = source
     importlib.invalidate_caches()
-    env["PYTHONPATH"] = os.pathsep.join([*paths, *filter(None, [os.environ.get("PYTHONPATH")])])
+    env["PYTHONPATH"] = os.pathsep.join([*source, *paths])
     return env
 
 
-def check_requirements(wheels: Path | None) -> None:
-    missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
-    if missing and wheels is not None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
-                        *missing], check=False)
+def requirement_paths(args) -> list[str]:
+    """rlvf's requirements (REQUIRED) importable: as the image has them, or installed from --wheels into
+    WORK_DIR/deps, a folder put on the path (the image stays as it is, an externally managed python too); the paths
+    to add."""
+    target = args.work_dir / "deps"
+    paths = [str(target)] if target.is_dir() else []
+    sys.path[:0] = paths
+
+    def missing() -> list[str]:
         importlib.invalidate_caches()
-        missing = [name for name in REQUIRED if importlib.util.find_spec(name) is None]
-    if missing:
-        sys.exit(f"missing: {', '.join(missing)}. Bring their wheels (see this script's docstring) and pass --wheels")
+        return [name for name in REQUIRED if importlib.util.find_spec(name) is None]
+
+    if missing() and args.wheels is not None:
+        subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-index",
+                        "--find-links", str(args.wheels), "--target", str(target), *missing()], check=False)
+        if not paths:
+            paths = [str(target)]
+            sys.path.insert(0, paths[0])
+    if missing():
+        sys.exit(f"missing: {', '.join(missing())}. Bring their wheels (see this script's docstring) and pass --wheels")
+    return paths
 
 
 def gpu_test_files() -> list[str]:
     marked = re.compile(r"pytest\.mark\.gpu\b")
     return sorted(str(path) for path in (ROOT / "tests").glob("test_*.py") if marked.search(path.read_text()))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def part_command(part: Part, args, python: str) -> list[str]:
@@ -407,8 +418,8 @@ def part_command(part: Part, args, python: str) -> list[str]:
     options = ["--part", part.name, "--device", args.device, "--work-dir", str(args.work_dir),
                *(["--tiny"] if args.tiny else [])]
     if part.torchrun:
-        return [python, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", str(free_port()),
-                __file__, *options]
+        # --standalone: torchrun binds a free port itself (a port picked here could be taken before it binds)
+        return [python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", __file__, *options]
     return [python, __file__, *options]
 
 
@@ -416,16 +427,38 @@ def trl_importable(python: str) -> bool:
     return subprocess.run([python, "-c", "import trl"], capture_output=True).returncode == 0
 
 
+def descendants(pid: int) -> list[int]:
+    """The processes `pid` started, and theirs (from /proc): torchrun starts its workers in sessions of their own."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
 def run_bounded(command: list[str], timeout: float, env: dict[str, str]) -> tuple[str, str | None]:
-    """(stdout, None) of a command that succeeded; (stdout so far, why) of one that failed or ran out of time. It
-    runs in a session of its own, killed whole on time-out: torchrun's workers too, which would hold the GPU."""
+    """(stdout, None) of a command that succeeded; (stdout so far, why) of one that failed or ran out of time. On
+    time-out it is killed with every process it started (torchrun's workers would hold the GPU and the pipes)."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
                                start_new_session=True)
     try:
         output, errors = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
+        for pid in [*descendants(process.pid), process.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        try:
+            output, _ = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:  # a process it started escaped and keeps the pipes open
+            output = ""
         return output, f"timed out after {timeout:.0f} s"
     return output, (errors.strip() or output.strip() or f"exit status {process.returncode}") if process.returncode \
         else None
@@ -515,7 +548,6 @@ def main() -> None:
     if args.part:
         run_part(args)
         return
-    check_requirements(args.wheels)
     env = setup_rlvf(args)
     if args.device == "cuda":
         import torch

@@ -15,15 +15,16 @@ weight: rlvf through `[model] lora`, TRL through `peft_config=peft.LoraConfig(..
 same everywhere (this measures speed, not learning).
 
 Each run is its own subprocess (so peak RSS is its own); the first step is warm-up and left out of the
-per-step numbers. Before the runs, the bench measures fp32 matmul GFLOP/s with the threads the runs use (torch's
-default, i.e. OMP_NUM_THREADS if set): the roofline the training GFLOP/s are a fraction of.
+per-step numbers. Before and after the runs, the bench measures fp32 matmul GFLOP/s with the threads the runs use
+(torch's default, i.e. OMP_NUM_THREADS if set): the roofline the training GFLOP/s are a fraction of.
 
 Training GFLOP/s = training FLOPs / training seconds, with FLOPs per token = 2 P (forward) + 2 P (backward to the
 activations) + 2 P_trained (backward to the weights): 6 P for a full update, about 4 P for LoRA (a frozen weight
-needs no gradient). "compl." counts the completion tokens of the step's update; "+prompt" also counts each
-sequence's prompt, since the prompt runs forward and backward too: TRL runs it once per sequence, rlvf once per
-group of G (so rlvf's "+prompt" figure is effective, not executed, FLOP/s). Training seconds are rlvf's
-`time/training` (advantages and the update); for TRL, a step less its `_generate_and_score_completions`.
+needs no gradient). "compl." counts the completion tokens of the step's update (the same work for every
+framework: useful throughput); "+prompt" adds the prompt tokens the update runs forward and backward as well, as
+each framework runs them (TRL each sequence's prompt, rlvf each group's once, shared by its G completions): the
+FLOP/s executed, how close to the matmul roofline the update runs. Training seconds are rlvf's `time/training`
+(advantages and the update); for TRL, a step less its `_generate_and_score_completions`.
 
 TRL is not a dependency of rlvf: it lives in its own venv, `.venv-bench` (shared with bench/math_verify_bench.py),
 created on first use and layered over the project's venv by a .pth file, so that TRL runs on the very torch,
@@ -70,9 +71,9 @@ def parameter_counts(model) -> dict[str, int]:
             "trained_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
-def rlvf_steps(trainer, steps: int, group: int) -> list[dict]:
+def rlvf_steps(trainer, steps: int) -> list[dict]:
     """Train an rlvf Trainer up to `steps` steps; per step: its seconds and those of its phases, the completion
-    tokens, and the prompt tokens (each sequence's: G per prompt)."""
+    tokens, and the prompt tokens the update runs (each prompt once for its group: rlvf.models.forward)."""
     from rlvf.models.loading import encode_prompts
 
     records = []
@@ -84,7 +85,7 @@ def rlvf_steps(trainer, steps: int, group: int) -> list[dict]:
         metrics = trainer.train_step()
         trainer.step += 1
         records.append({"seconds": metrics["time/step"], "tokens": metrics["tokens/generated"],
-                        "prompt_tokens": sum(map(len, prompts)) * group,
+                        "prompt_tokens": sum(map(len, prompts)),
                         "sampling": metrics["time/sampling"], "training": metrics["time/training"],
                         "old_logprobs": metrics.get("time/old_logprobs", 0.0),
                         "weight_sync": metrics.get("time/weight_sync", 0.0)})
@@ -109,7 +110,7 @@ def run_rlvf(args) -> dict:
     }
     config = load_config(None, [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     trainer = Trainer(config, get_registry())
-    return {"steps": rlvf_steps(trainer, args.steps, args.group), **parameter_counts(trainer.model)}
+    return {"steps": rlvf_steps(trainer, args.steps), **parameter_counts(trainer.model)}
 
 
 def trl_steps(model, tokenizer, rows: list[dict], reward_funcs: list, reward_weights: list[float], *, steps: int,
@@ -284,10 +285,13 @@ def main() -> None:
     if "rlvf-vllm" in runs and vllm_missing():
         print(f"rlvf-vllm left out: {vllm_missing()}", file=sys.stderr)
         runs.remove("rlvf-vllm")
-    threads, matmul = measure_matmul()
-    roofline = max(matmul.values())
     python = trl_python() if any(run.startswith("trl") for run in runs) else sys.executable
+    threads, matmul = measure_matmul()
     results = {run: run_child(run, args, python if run.startswith("trl") else sys.executable) for run in runs}
+    # measured again after the runs: on a machine that is not quiet, the better of the two is nearer the truth
+    matmul = {name: max(rate, again) for (name, rate), again in zip(matmul.items(), measure_matmul()[1].values(),
+                                                                     strict=True)}
+    roofline = max(matmul.values())
     rows, per_step = [], {}
     for run, result in results.items():
         measured = result["steps"][1:] or result["steps"]  # the first step is warm-up
@@ -302,7 +306,8 @@ def main() -> None:
         rows.append([run, params_cell(result), f"{seconds:.1f}", parts, f"{tokens:.1f}",
                      f"{completion:.1f} / {with_prompt:.1f}",
                      f"{completion / roofline:.0%} / {with_prompt / roofline:.0%}", f"{result['peak_rss_gb']:.2f}"])
-    print(f"fp32 matmul, {threads} threads: " + ", ".join(f"{name} {rate:.0f}" for name, rate in matmul.items())
+    print(f"fp32 matmul, {threads} threads (the better of before and after the runs): "
+          + ", ".join(f"{name} {rate:.0f}" for name, rate in matmul.items())
           + f" GFLOP/s; the best, {roofline:.0f}, is the 100% below")
     print(f"GRPO on SmolLM2-135M-Instruct, arithmetic, {args.prompts} prompts x G={args.group}, "
           f"max {args.max_new_tokens} new tokens, {args.steps} steps (first is warm-up), CPU float32, "
