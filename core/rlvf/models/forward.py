@@ -1,6 +1,7 @@
 """The trainer's forward pass over a rollout's completions: log-probs (and entropy) of the completion tokens, and
 values of a critic's head on the same hidden states. Each prompt runs through the decoder once for all its
-completions (completion_hidden_states), and the LM head only on the states that predict completion tokens.
+completions (completion_hidden_states), and the LM head only on the states that predict completion tokens, chunk by
+chunk over the positions (token_logprobs: no [positions, V] float32 tensor is kept for backward).
 
 PolicyForward and ValueForward are these passes as module calls: the modules DDP or FSDP wrap.
 """
@@ -16,59 +17,146 @@ if TYPE_CHECKING:  # no import at run time: models/ does not depend on stages/
     from rlvf.stages.rollout import Rollout
 
 
-def completion_hidden_states(decoder, rollout: Rollout):
-    """Per group of the rollout: (its rows, the decoder's hidden states [rows, T, H] that predict its
-    completion tokens), i.e. position t holds the state before completion token t.
+def completion_hidden_states(decoder, rollout: Rollout) -> torch.Tensor:
+    """The decoder's hidden states [B, T, H] that predict the rollout's completion tokens, i.e. position t holds the
+    state before completion token t.
 
     The G completions of a prompt share it, so each prompt runs through the decoder once and its KV cache is
-    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens.
+    repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens. Every token the
+    pass reads is embedded in one lookup, whose backward is one dense [V, H] gradient rather than two per prompt.
     """
     device = rollout.input_ids.device
     steps = rollout.completion_ids.shape[1]
+    tokens = rollout.completion_ids.clamp(min=0)
+    groups = []  # (rows, prompt length) of each prompt
     for group in torch.unique(rollout.group_ids).tolist():
-        rows = (rollout.group_ids == group).nonzero().squeeze(1)
-        start = int(rollout.completion_start[rows[0]])
-        prefix = decoder(input_ids=rollout.input_ids[rows[0], :start][None], use_cache=True)
+        rows = (rollout.group_ids == group).nonzero().squeeze(1).to(device)
+        groups.append((rows, int(rollout.completion_start[rows[0]])))
+    pieces = [rollout.input_ids[rows[0], :start] for rows, start in groups]
+    if steps > 1:
+        pieces += [tokens[rows, :-1].reshape(-1) for rows, _ in groups]
+    embedded = decoder.get_input_embeddings()(torch.cat(pieces)).split([len(piece) for piece in pieces])
+    parts = []
+    for index, (rows, start) in enumerate(groups):
+        prefix = decoder(inputs_embeds=embedded[index][None], use_cache=True)
         hidden = prefix.last_hidden_state[:, -1:].expand(len(rows), -1, -1)  # predicts the first token
-        tokens = rollout.completion_ids[rows.to(device)].clamp(min=0)
         if steps > 1:
             cache = prefix.past_key_values
             cache.batch_repeat_interleave(len(rows))
             attention = torch.cat([torch.ones(len(rows), start, dtype=torch.long, device=device),
-                                   (rollout.completion_ids[rows.to(device)] != -1).long()], dim=1)[:, :-1]
+                                   (rollout.completion_ids[rows] != -1).long()], dim=1)[:, :-1]
             positions = torch.arange(start, start + steps - 1, device=device).expand(len(rows), -1)
-            body = decoder(input_ids=tokens[:, :-1], attention_mask=attention, position_ids=positions,
-                           past_key_values=cache).last_hidden_state
+            body = decoder(inputs_embeds=embedded[len(groups) + index].view(len(rows), steps - 1, -1),
+                           attention_mask=attention, position_ids=positions, past_key_values=cache).last_hidden_state
             hidden = torch.cat([hidden, body], dim=1)
-        yield rows, hidden
-
-
-def _in_row_order(rows: list[torch.Tensor], parts: list[torch.Tensor]) -> torch.Tensor:
-    order = torch.argsort(torch.cat(rows)).to(parts[0].device)  # back to the rollout's row order
+        parts.append(hidden)
+    order = torch.argsort(torch.cat([rows for rows, _ in groups]))  # back to the rollout's row order
     return torch.cat(parts)[order]
+
+
+# Positions per chunk of the LM head: a chunk's float32 logits are CHUNK x V (25 MB for SmolLM2's 49k vocabulary,
+# under glibc's largest mmap threshold, so that its memory is reused from chunk to chunk rather than mapped anew).
+CHUNK = 128
+
+
+def _chunk_logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float,
+                  buffer: torch.Tensor) -> torch.Tensor:
+    """head(hidden).float() / temperature for a chunk of positions, in `buffer` when the head is float32 without
+    bias (a new tensor otherwise)."""
+    if weight.dtype == torch.float32 and bias is None:
+        logits = torch.mm(hidden, weight.t(), out=buffer[: len(hidden)])
+    else:
+        logits = torch.nn.functional.linear(hidden, weight, bias).float()
+    return logits.div_(temperature) if temperature != 1 else logits
+
+
+class _TokenLogProbs(torch.autograd.Function):
+    """log softmax(head(hidden) / T)[token] per position (and the entropy of that distribution, without gradient),
+    computed over chunks of positions: only the logsumexp of each position is kept for backward, which computes the
+    chunk's logits again. No [positions, V] float32 tensor lives beyond one chunk, in forward or in backward."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, tokens, temperature: float, with_entropy: bool):
+        logprobs = hidden.new_empty(len(hidden), dtype=torch.float32)
+        logsumexp = torch.empty_like(logprobs)
+        entropy = torch.empty_like(logprobs) if with_entropy else None
+        buffer = hidden.new_empty(min(CHUNK, len(hidden)), weight.shape[0], dtype=torch.float32)
+        for start in range(0, len(hidden), CHUNK):
+            part = slice(start, start + CHUNK)
+            logits = _chunk_logits(hidden[part], weight, bias, temperature, buffer)
+            logsumexp[part] = torch.logsumexp(logits, dim=-1)
+            log_probs = logits.sub_(logsumexp[part, None])  # in place: the chunk's log-softmax
+            logprobs[part] = log_probs.gather(1, tokens[part, None]).squeeze(1)
+            if with_entropy:
+                entropy[part] = -torch.linalg.vecdot(log_probs.exp(), log_probs)
+        ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
+        ctx.temperature = temperature
+        if with_entropy:
+            ctx.mark_non_differentiable(entropy)
+        return logprobs, entropy
+
+    @staticmethod
+    def backward(ctx, grad_logprobs, grad_entropy):
+        hidden, weight, bias, tokens, logsumexp = ctx.saved_tensors
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = grad_bias = None  # accumulated in float32: bf16 sums of chunks would lose what one matmul keeps
+        buffer = hidden.new_empty(min(CHUNK, len(hidden)), weight.shape[0], dtype=torch.float32)
+        for start in range(0, len(hidden), CHUNK):
+            part = slice(start, start + CHUNK)
+            grad = grad_logprobs[part, None] / ctx.temperature
+            # d log p[token] / d (head(hidden)) = (onehot(token) - softmax) / T
+            grad_logits = _chunk_logits(hidden[part], weight, bias, ctx.temperature, buffer)
+            grad_logits = grad_logits.sub_(logsumexp[part, None]).exp_().mul_(-grad)
+            grad_logits = grad_logits.scatter_add_(1, tokens[part, None], grad).to(weight.dtype)
+            if needs_hidden:
+                grad_hidden[part] = grad_logits @ weight
+            if needs_weight:
+                if grad_weight is None:
+                    grad_weight = (grad_logits.t() @ hidden[part]).float()
+                elif grad_weight.dtype == weight.dtype:
+                    grad_weight.addmm_(grad_logits.t(), hidden[part])
+                else:
+                    grad_weight += (grad_logits.t() @ hidden[part]).float()
+            if needs_bias:
+                chunk_sum = grad_logits.float().sum(0)
+                grad_bias = chunk_sum if grad_bias is None else grad_bias + chunk_sum
+        return (grad_hidden, None if grad_weight is None else grad_weight.to(weight.dtype),
+                None if grad_bias is None else grad_bias.to(bias.dtype), None, None, None)
+
+
+def token_logprobs(head, hidden: torch.Tensor, tokens: torch.Tensor, temperature: float,
+                   with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(log-probs [N] of `tokens` [N] under softmax(head(hidden [N, H]) / temperature), and its entropy without
+    gradient if asked), chunk by chunk for a linear head (_TokenLogProbs); the plain formula for another head."""
+    temperature = max(temperature, 1e-6)
+    if isinstance(head, torch.nn.Linear):
+        return _TokenLogProbs.apply(hidden, head.weight, head.bias, tokens, temperature, with_entropy)
+    log_probs = torch.log_softmax(head(hidden).float() / temperature, dim=-1)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return log_probs.gather(-1, tokens[:, None]).squeeze(-1), entropy
 
 
 def completion_forward(model, rollout: Rollout, temperature: float, with_entropy: bool = False,
                        value_head=None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """(log-probs [B, T] of the completion tokens under `model` at the sampling temperature, the per-token
-    entropy of the policy without gradient if asked, and `value_head` applied to the same hidden states if
-    given: a critic sharing the policy's backbone). The LM head (49k x 576 for SmolLM2) runs only on the
-    hidden states that predict completion tokens."""
-    head = model.get_output_embeddings()
-    rows_out, logprobs_out, entropy_out, values_out = [], [], [], []
-    for rows, hidden in completion_hidden_states(model.get_decoder(), rollout):
-        tokens = rollout.completion_ids[rows.to(hidden.device)].clamp(min=0)
-        log_probs = torch.log_softmax(head(hidden).float() / max(temperature, 1e-6), dim=-1)
-        logprobs_out.append(log_probs.gather(-1, tokens[:, :, None]).squeeze(-1))
-        if with_entropy:
-            with torch.no_grad():
-                entropy_out.append(-(log_probs.exp() * log_probs).sum(-1))
-        if value_head is not None:
-            values_out.append(value_head(hidden))
-        rows_out.append(rows)
-    entropy = _in_row_order(rows_out, entropy_out) if with_entropy else None
-    values = _in_row_order(rows_out, values_out) if value_head is not None else None
-    return _in_row_order(rows_out, logprobs_out), entropy, values
+    """(log-probs [B, T] of the completion tokens under `model` at the sampling temperature, 0 on padding; the
+    per-token entropy of the policy without gradient if asked; and `value_head` applied to the same hidden states
+    if given: a critic sharing the policy's backbone). The LM head (49k x 576 for SmolLM2) runs only on the hidden
+    states that predict completion tokens, all of the rollout's in one call (token_logprobs)."""
+    hidden = completion_hidden_states(model.get_decoder(), rollout)
+    real = (rollout.completion_ids != -1).flatten().nonzero().squeeze(1)
+    logprobs, entropy = token_logprobs(model.get_output_embeddings(), hidden.flatten(0, 1)[real],
+                                       rollout.completion_ids.flatten()[real], temperature, with_entropy)
+
+    def on_positions(values: torch.Tensor) -> torch.Tensor:  # [B, T], 0 on padding
+        return values.new_zeros(rollout.completion_ids.numel()).index_copy(0, real, values).view_as(
+            rollout.completion_ids)
+
+    return (on_positions(logprobs), None if entropy is None else on_positions(entropy),
+            None if value_head is None else value_head(hidden))
 
 
 def completion_logprobs(model, rollout: Rollout, temperature: float, with_entropy: bool = False):
@@ -80,11 +168,7 @@ def completion_logprobs(model, rollout: Rollout, temperature: float, with_entrop
 
 def completion_values(decoder, value_head, rollout: Rollout) -> torch.Tensor:
     """`value_head` on `decoder`'s hidden states before each completion token: V [B, T]."""
-    rows_out, values_out = [], []
-    for rows, hidden in completion_hidden_states(decoder, rollout):
-        values_out.append(value_head(hidden))
-        rows_out.append(rows)
-    return _in_row_order(rows_out, values_out)
+    return value_head(completion_hidden_states(decoder, rollout))
 
 
 class PolicyForward(torch.nn.Module):
