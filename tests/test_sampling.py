@@ -98,3 +98,82 @@ def test_prefix_shared_training_logprobs_equal_a_full_forward(policy):
         expected = torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
         assert torch.allclose(logprobs[row, : len(completion)], expected, atol=1e-4)
         assert entropy[row, 0] > 0
+
+
+@pytest.fixture(scope="module")
+def char_policy(char_model_dir):
+    """Over 46 symbols the end token has a real chance at every step: rows finish at different steps."""
+    return load_policy(ModelConfig(name=str(char_model_dir)))
+
+
+CHAR_PROMPTS = ["1+2=", "say a digit:", "abc", "7 ? 8 = "]
+
+
+@pytest.mark.parametrize("params", [SamplingParams(temperature=1.0, max_new_tokens=30, n=3),
+                                    SamplingParams(temperature=0.8, top_p=0.9, max_new_tokens=30, n=3),
+                                    SamplingParams(temperature=0, max_new_tokens=30, n=2)])
+def test_a_prompt_prefilled_once_samples_what_per_copy_prefills_sample(char_policy, params):
+    """n completions of a prompt share one prefill; the same prompt given n times as separate prompts is
+    prefilled n times. Same rows, same seed: the same tokens and log-probs (batches of 4 rows split groups)."""
+    from dataclasses import replace
+
+    ids = encode_prompts(char_policy.tokenizer, CHAR_PROMPTS)
+    sampler = HFSampler(char_policy.model, char_policy.tokenizer, batch_size=4)
+    shared = sampler.sample(ids, params, seed=3)
+    copies = sampler.sample([prompt for prompt in ids for _ in range(params.n)], replace(params, n=1), seed=3)
+    assert shared.completion_ids == copies.completion_ids
+    for mine, theirs in zip(shared.logprobs, copies.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(mine), torch.tensor(theirs), atol=1e-6)
+    if params.temperature > 0:
+        assert len({len(ids) for ids in shared.completion_ids}) > 2  # rows finished at different steps
+
+
+def test_finished_rows_leaving_the_batch_change_nothing(char_policy, monkeypatch):
+    import rlvf.sampling.hf as hf
+
+    ids = encode_prompts(char_policy.tokenizer, CHAR_PROMPTS)
+    sampler = HFSampler(char_policy.model, char_policy.tokenizer)
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, n=4)
+    leaving = sampler.sample(ids, params, seed=11)
+    monkeypatch.setattr(hf, "LEAVE_WHEN_FINISHED", 2.0)  # never: every row decodes to the end
+    staying = sampler.sample(ids, params, seed=11)
+    assert leaving.completion_ids == staying.completion_ids
+    for mine, theirs in zip(leaving.logprobs, staying.logprobs, strict=True):
+        assert torch.allclose(torch.tensor(mine), torch.tensor(theirs), atol=1e-5)
+    ended = [c[-1] == char_policy.tokenizer.eos_token_id for c in leaving.completion_ids]
+    assert 2 <= sum(ended) < len(ended)
+
+
+def test_the_draw_is_torch_multinomials_for_the_rows_still_in_the_batch():
+    """The sampler draws as torch.multinomial does (so seeded results are those of a plain decode), for every row of
+    the batch, and picks the tokens of the rows still in it."""
+    from rlvf.sampling.hf import _pick
+
+    logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)) * 3
+    params = SamplingParams(temperature=0.7)
+    reference = torch.multinomial(torch.softmax(logits / 0.7, -1), 1, generator=torch.Generator().manual_seed(1))
+    live = torch.tensor([0, 2, 5])
+    tokens, logprobs = _pick(logits[live], params, torch.Generator().manual_seed(1), live, 6)
+    assert tokens.tolist() == reference.squeeze(1)[live].tolist()
+    expected = torch.log_softmax(logits / 0.7, -1)[live].gather(1, tokens[:, None]).squeeze(1)
+    assert torch.allclose(logprobs, expected)
+
+
+@pytest.mark.parametrize("scale", [0.3, 3.0, 30.0])  # flat to peaked: the nucleus from ~all tokens to a few
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_the_nucleus_is_that_of_a_full_sort(scale, top_p):
+    from rlvf.sampling.hf import _nucleus
+
+    log_probs = torch.log_softmax(torch.randn(4, 20000, generator=torch.Generator().manual_seed(2)) * scale, -1)
+    ranked, order = log_probs.sort(dim=-1, descending=True)
+    mass_before = ranked.exp().cumsum(dim=-1) - ranked.exp()
+    expected = torch.full_like(log_probs, float("-inf")).scatter(
+        1, order, ranked.masked_fill(mass_before >= top_p, float("-inf")))
+    assert torch.equal(_nucleus(log_probs, top_p), expected)
+
+
+def test_sampling_leaves_the_models_attention_as_it_was(policy):
+    ids = encode_prompts(policy.tokenizer, PROMPTS)
+    before = policy.model.config._attn_implementation
+    HFSampler(policy.model, policy.tokenizer).sample(ids, SamplingParams(max_new_tokens=3, n=2), seed=0)
+    assert policy.model.config._attn_implementation == before
