@@ -57,7 +57,7 @@ clean:
 # A GPU check for one GPU machine with torch (CUDA), transformers and peft but no network and no weights
 # (bench/gpu_check.py: the tests marked gpu, GRPO steps in bf16 with full and LoRA updates on random-weight Qwen2.5
 # 0.5B / 1.5B shapes, DDP and FSDP over nccl, TRL if it imports; one table). --install: the repo's distributions with
-# pip --no-deps --no-build-isolation when setuptools >= 68 imports, else the check runs from the source tree. It does
+# pip --no-deps --no-build-isolation when setuptools >= 77 imports, else the check runs from the source tree. It does
 # not depend on `setup` (nothing is downloaded). The dry run: make gpu-check GPU_CHECK_ARGS="--device cpu --tiny".
 .PHONY: gpu-check
 gpu-check:

@@ -25,7 +25,7 @@ Setup from a bare checkout. rlvf finds its own algorithms and samplers, like any
 (rlvf.plugins reads importlib.metadata), so PYTHONPATH=core alone is not enough: a distribution's metadata must be
 on sys.path too. So:
 - an installed rlvf from this checkout (e.g. `.venv`) is used as it is;
-- with --install (what `make gpu-check` passes), if setuptools >= 68 imports (the build backend of every
+- with --install (what `make gpu-check` passes), if setuptools >= 77 imports (the build backend of every
   pyproject.toml here; a Python 3.12 venv has none), the core, rlvf-text and rlvf-math are installed with
   `pip install --no-deps --no-build-isolation --no-index -e . -e plugins/rlvf-text -e plugins/rlvf-math`;
 - otherwise (no setuptools, pip refused, e.g. an externally managed python, or --source-tree) the check runs from
@@ -320,8 +320,9 @@ def rlvf_installed_here() -> bool:
 
 
 def setuptools_usable() -> bool:
-    """setuptools >= 68 (the pyproject.toml files' build backend) imports in this python."""
-    probe = "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 68)"
+    """setuptools >= 77 imports in this python: the pyproject.toml files' build backend (they ask for >= 68, but their
+    `license = "Apache-2.0"` needs 77)."""
+    probe = "import setuptools, sys; sys.exit(int(setuptools.__version__.split('.')[0]) < 77)"
     return subprocess.run([sys.executable, "-c", probe], capture_output=True).returncode == 0
 
 
@@ -375,7 +376,7 @@ def setup_rlvf(args) -> dict[str, str]:
     if args.install and not args.source_tree and setuptools_usable() and pip_install_editable():
         os.execv(sys.executable, [sys.executable, *sys.argv])  # the new install's .pth files load at start
     if args.install and not args.source_tree and not setuptools_usable():
-        print("setuptools >= 68 is not importable (pip install setuptools where there is a network, or bring its "
+        print("setuptools >= 77 is not importable (pip install setuptools where there is a network, or bring its "
               "wheel): running from the source tree instead", file=sys.stderr)
     source = source_tree_paths(args.work_dir / "site")
     sys.path[:0] = source
