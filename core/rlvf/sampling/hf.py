@@ -91,6 +91,7 @@ class HFSampler:
             is_eos = torch.zeros(out.logits.shape[-1], dtype=torch.bool, device=device)
             is_eos[sorted(self.eos_ids)] = True
             finished = torch.zeros(batch, dtype=torch.bool, device=device)  # of the live rows
+            next_tokens = None  # the prefill's logits pick the first tokens
             for step in range(params.max_new_tokens):
                 if step:
                     out = self.model(input_ids=next_tokens[:, None], attention_mask=attention[:, : width + step],
