@@ -80,15 +80,23 @@ class _TokenLogProbs(torch.autograd.Function):
         logprobs = hidden.new_empty(len(hidden), dtype=torch.float32)
         logsumexp = torch.empty_like(logprobs)
         entropy = torch.empty_like(logprobs) if with_entropy else None
-        buffer = hidden.new_empty(min(CHUNK, len(hidden)), weight.shape[0], dtype=torch.float32)
+        # two chunk-sized buffers, written in place: a fresh 25 MB tensor per operation costs more in page faults
+        # than the operation itself
+        buffer, exps = (hidden.new_empty(min(CHUNK, len(hidden)), weight.shape[0], dtype=torch.float32)
+                        for _ in range(2))
         for start in range(0, len(hidden), CHUNK):
             part = slice(start, start + CHUNK)
             logits = _chunk_logits(hidden[part], weight, bias, temperature, buffer)
-            logsumexp[part] = torch.logsumexp(logits, dim=-1)
-            log_probs = logits.sub_(logsumexp[part, None])  # in place: the chunk's log-softmax
+            peak = logits.amax(-1, keepdim=True)
+            shifted = logits.sub_(peak)
+            exp = torch.exp(shifted, out=exps[: len(shifted)])
+            sums = exp.sum(-1, keepdim=True)
+            log_sums = sums.log()
+            logsumexp[part] = (peak + log_sums).squeeze(1)
+            log_probs = shifted.sub_(log_sums)  # the chunk's log-softmax, in place
             logprobs[part] = log_probs.gather(1, tokens[part, None]).squeeze(1)
-            if with_entropy:
-                entropy[part] = -torch.linalg.vecdot(log_probs.exp(), log_probs)
+            if with_entropy:  # -sum p log p with p = exp / sums
+                entropy[part] = -exp.mul_(log_probs).sum(-1) / sums.squeeze(1)
         ctx.save_for_backward(hidden, weight, bias, tokens, logsumexp)
         ctx.temperature = temperature
         if with_entropy:
