@@ -52,7 +52,6 @@ class PRMReward:
                                   self.tokenizer.pad_token_id, self.batch_size)
 
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **columns: Any) -> list:
-        from rlvf.api import StepScores
         from rlvf_prm.steps import step_ends
 
         texts = [completion_text(c) for c in completions]
@@ -61,6 +60,7 @@ class PRMReward:
         if not scored:
             self._metrics = {"no_steps": float(len(texts))}
             return out
+        from rlvf.api import StepScores
         probabilities = self.step_probabilities([prompts[i] for i in scored], [texts[i] for i in scored])
         steps, unscored = [], 0
         for i, values in zip(scored, probabilities, strict=True):
