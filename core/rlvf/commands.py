@@ -34,16 +34,18 @@ def cmd_plugins(args) -> None:
     if args.json:
         print(json.dumps([
             {"name": p.name, "distribution": p.distribution, "version": p.version, "entry_point": p.entry_point,
-             "rewards": p.rewards, "tasks": p.tasks, "algorithms": p.algorithms, "samplers": p.samplers,
+             "rewards": p.rewards, "tasks": p.tasks, "environments": p.environments, "algorithms": p.algorithms,
+             "samplers": p.samplers,
              "commands": p.commands, "exploits": p.exploits} for p in plugins], indent=2))
         return
     if not plugins:
         print("no rlvf plugins installed")
         return
-    print(format_table(["distribution", "version", "entry point", "rewards", "tasks", "algorithms", "samplers",
-                        "commands", "exploit families"],
+    print(format_table(["distribution", "version", "entry point", "rewards", "tasks", "environments", "algorithms",
+                        "samplers", "commands", "exploit families"],
                        [[p.distribution, p.version, p.entry_point, *(", ".join(names) or "-" for names in
-                         (p.rewards, p.tasks, p.algorithms, p.samplers, p.commands, p.exploits))] for p in plugins]))
+                         (p.rewards, p.tasks, p.environments, p.algorithms, p.samplers, p.commands, p.exploits))]
+                        for p in plugins]))
 
 
 def cmd_rewards(args) -> None:

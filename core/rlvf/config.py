@@ -144,6 +144,10 @@ class TaskConfig(DatasetSource):
     few_shot: list[tuple[str, str]] | None = None
     chat: bool | None = None
     rewards: dict[str, float] = {}  # default reward mix of a dataset task
+    # a multi-turn environment (rlvf.api.environments) the task's episodes run in, e.g. "python_tool"; none: one
+    # completion per prompt (or the task's own default environment)
+    environment: str | None = None
+    environment_options: dict[str, Any] = {}  # its options, e.g. {max_turns = 3, max_tokens = 384}
 
 
 class SamplingConfig(Section):

@@ -23,6 +23,7 @@ import pluggy
 from rlvf.algorithms.registry import ALGORITHM_KINDS, AlgorithmRegistry
 from rlvf.api import hookspecs
 from rlvf.api.commands import Command
+from rlvf.api.environments import Environment
 from rlvf.api.exploits import ROLES, ExploitFamily
 from rlvf.api.rewards import RewardSpec
 from rlvf.api.tasks import Task
@@ -43,6 +44,7 @@ class PluginInfo:
     entry_point: str  # "name = module:attr", for error messages
     rewards: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
+    environments: list[str] = field(default_factory=list)
     algorithms: list[str] = field(default_factory=list)  # "kind:name"
     samplers: list[str] = field(default_factory=list)
     commands: list[str] = field(default_factory=list)
@@ -91,6 +93,7 @@ class Registry:
     plugins: dict[str, PluginInfo] = field(default_factory=dict)
     rewards: dict[str, RewardSpec] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
+    environments: dict[str, Environment] = field(default_factory=dict)
     algorithms: Algorithms = field(default_factory=Algorithms)
     samplers: dict[str, SamplerSpec] = field(default_factory=dict)
     commands: dict[str, Command] = field(default_factory=dict)
@@ -110,6 +113,10 @@ class Registry:
         return _installed(self.tasks, name, "task", "Install the plugin that provides it, or declare a dataset task "
                           "in the config.")
 
+    def environment(self, name: str) -> Environment:
+        return _installed(self.environments, name, "environment", "Install the plugin that provides it (see "
+                          "`rlvf plugins`).")
+
     def sampler(self, name: str) -> SamplerSpec:
         if name not in self.samplers:
             raise ConfigError(f"sampling.sampler = '{name}' is not an installed sampler; installed samplers: "
@@ -117,8 +124,8 @@ class Registry:
         return self.samplers[name]
 
     def owner(self, kind: str, name: str) -> PluginInfo | None:
-        """The plugin that registered `name` (kind "reward", "task", "sampler", "command", "exploit family",
-        or an algorithm kind)."""
+        """The plugin that registered `name` (kind "reward", "task", "environment", "sampler", "command",
+        "exploit family", or an algorithm kind)."""
         return self._owner.get((kind, name))
 
     def _claim(self, kind: str, name: str, plugin: PluginInfo) -> None:
@@ -155,6 +162,15 @@ class Registry:
             task.plugin = info.distribution
             self.tasks[task.name] = task
             info.tasks.append(task.name)
+
+        def register_environment(environment):
+            if not isinstance(environment, Environment):
+                raise PluginError(f"{info.describe()} registered {environment!r} as an environment; expected an "
+                                  "rlvf.api.Environment")
+            self._claim("environment", environment.name, info)
+            environment.plugin = info.distribution
+            self.environments[environment.name] = environment
+            info.environments.append(environment.name)
 
         def register_algorithm(kind, function, name=None):
             entries = self.algorithms.of_kind(kind)
@@ -193,6 +209,7 @@ class Registry:
             info.exploits.append(name)
 
         hooks = (("register_rewards", register_reward), ("register_tasks", register_task),
+                 ("register_environments", register_environment),
                  ("register_algorithms", register_algorithm), ("register_samplers", register_sampler),
                  ("register_commands", register_command), ("register_exploits", register_exploit))
         for hook_name, register in hooks:

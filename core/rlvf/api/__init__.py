@@ -1,4 +1,4 @@
-"""The plugin API: everything a plugin (a reward, a task, a stage or a command) may import from rlvf.
+"""The plugin API: everything a plugin (a reward, a task, an environment, a stage or a command) may import from rlvf.
 
     from rlvf.api import hookimpl, completion_text, RewardError
 
@@ -39,6 +39,8 @@ _EXPORTS = {
     "wrong_number": "rlvf.api.text", "with_final_answer_changed": "rlvf.api.text",
     "Task": "rlvf.api.tasks", "DatasetTask": "rlvf.api.tasks", "fill_template": "rlvf.api.tasks",
     "is_messages": "rlvf.api.tasks", "split_held_out": "rlvf.api.tasks", "task_from_config": "rlvf.api.tasks",
+    "Environment": "rlvf.api.environments", "Episode": "rlvf.api.environments",
+    "Observation": "rlvf.api.environments", "EnvironmentContext": "rlvf.api.environments",
     "AuditRow": "rlvf.api.exploits", "ExploitFamily": "rlvf.api.exploits",
     "RewardMix": "rlvf.api.rewards", "MixResult": "rlvf.api.rewards", "mix_from_config": "rlvf.api.rewards",
     # for stages: config sections, models, sampling, the supervised loop, rows and pairs, evaluation, server auth

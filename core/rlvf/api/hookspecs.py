@@ -25,6 +25,12 @@ def register_tasks(register):
 
 
 @hookspec
+def register_environments(register):
+    """Register multi-turn environments (`[task] environment = NAME`): `register(environment)` with an
+    `rlvf.api.Environment` instance (rlvf.api.environments)."""
+
+
+@hookspec
 def register_algorithms(register):
     """Register algorithm pieces for the RL trainer ([algorithm] and [critic] config keys name them).
 

@@ -37,8 +37,12 @@ class Task:
     few_shot: list[tuple[str, str]] = []  # (user, assistant) example turns placed before the question
     chat: bool = True  # prompts as chat messages (the trainer applies the model's chat template)
     default_rewards: dict[str, float] = {}
+    default_environment: str | None = None  # a registered environment its episodes run in (rlvf.api.environments)
     options: dict[str, Any] = {}
     plugin: str = ""  # set by the registry: which distribution registered the task
+    # the configured Environment (task_from_config: [task] environment, else default_environment); None: one
+    # completion per prompt
+    environment = None
 
     def load(self, split: str) -> Iterable[dict[str, Any]]:
         raise NotImplementedError(f"task '{self.name}' does not implement load(split)")
@@ -270,7 +274,33 @@ def split_held_out(rows: list[dict[str, Any]], split: str, eval_fraction: float,
 
 
 def task_from_config(config, registry) -> Task:
-    """The task a `TaskConfig` names: a registered one (with options and overrides) or a dataset task."""
+    """The task a `TaskConfig` names: a registered one (with options and overrides) or a dataset task, with the
+    environment its episodes run in (`task.environment`), if any."""
+    return with_environment(_configured_task(config, registry), config, registry)
+
+
+def with_environment(task: Task, config, registry) -> Task:
+    """`task` with its environment ([task] environment and environment_options, else the task's
+    default_environment) configured as `task.environment`. The environment's system prompt goes before the task's,
+    and its few-shot turns (how to use it) replace the task's, whose examples show answers without it (unless the
+    config gives few_shot)."""
+    name, options = getattr(config, "environment", None) or task.default_environment, \
+        getattr(config, "environment_options", None) or {}
+    if name is None:
+        if options:
+            raise ConfigError("task.environment_options is set but no task.environment names an environment")
+        return task
+    environment = registry.environment(name).configured(**options)
+    task = copy.copy(task)
+    task.environment = environment
+    if environment.system_prompt:
+        task.system_prompt = "\n\n".join(part for part in (environment.system_prompt, task.system_prompt) if part)
+    if environment.few_shot and getattr(config, "few_shot", None) is None:
+        task.few_shot = [tuple(pair) for pair in environment.few_shot]
+    return task
+
+
+def _configured_task(config, registry) -> Task:
     if config.dataset:
         return DatasetTask(
             config.name, config.dataset, dataset_config=config.dataset_config, data_files=config.data_files,

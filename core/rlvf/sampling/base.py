@@ -38,6 +38,12 @@ class Samples:
     texts: list[str]
     truncated: list[bool]  # hit max_new_tokens without EOS or a stop string
     n: int
+    # Episodes of a multi-turn environment (rlvf.sampling.episodes); None for single completions. `generated`: per
+    # completion token, 1 where the model sampled it and 0 where the environment inserted it (log-prob 0);
+    # `messages`: the episode as chat messages (what rewards receive); `states`: each episode's Episode.state.
+    generated: list[list[int]] | None = None
+    messages: list[list[dict]] | None = None
+    states: list[dict] | None = None
 
     def prompt_index(self, completion: int) -> int:
         return completion // self.n

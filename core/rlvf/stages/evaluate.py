@@ -27,14 +27,39 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def score_samples(mix: RewardMix, rows: list[dict[str, Any]], samples: Samples) -> tuple[list[dict], MixResult]:
     """Score the completions of task rows: each completion gets its row's columns (as TRL passes dataset
-    columns), its token ids, and its prompt's index as the group of `normalize_then_sum`."""
+    columns), its token ids, and its prompt's index as the group of `normalize_then_sum`. An episode of an
+    environment is scored as its messages, with the columns `environment_state` and `turns`
+    (rlvf.api.environments)."""
     expanded = [rows[samples.prompt_index(i)] for i in range(len(samples.texts))]
     keys = {key for row in rows for key in row} - {"prompt"}
     columns = {key: [row.get(key) for row in expanded] for key in sorted(keys)}
-    result = mix.score([row["prompt"] for row in expanded], samples.texts,
+    completions = samples.texts
+    if samples.messages is not None:
+        completions = samples.messages
+        columns["environment_state"] = samples.states
+        columns["turns"] = [sum(m["role"] == "assistant" for m in messages) for messages in samples.messages]
+    result = mix.score([row["prompt"] for row in expanded], completions,
                        group_ids=[samples.prompt_index(i) for i in range(len(expanded))],
                        completion_ids=samples.completion_ids, **columns)
     return expanded, result
+
+
+def sample_rows(sampler: Sampler, tokenizer, task: Task, rows: list[dict[str, Any]], prompt_ids: list[list[int]],
+                params: SamplingParams, mix: RewardMix, accuracy_reward: str, seed: int | None = None) -> Samples:
+    """`params.n` completions of each row's prompt (`prompt_ids`), or with a task environment (task.environment) as
+    many episodes (rlvf.sampling.episodes), whose context scores a text with `accuracy_reward`."""
+    if task.environment is None:
+        return sampler.sample(prompt_ids, params, seed=seed)
+    from rlvf.api.environments import EnvironmentContext
+    from rlvf.sampling.episodes import run_episodes
+
+    accuracy = RewardMix([next(e for e in mix.entries if e.name == accuracy_reward)])
+
+    def score(row: dict[str, Any], text: str) -> float | None:
+        columns = {key: [value] for key, value in row.items() if key != "prompt"}
+        return accuracy.score([row["prompt"]], [text], **columns).per_reward[accuracy_reward][0]
+    return run_episodes(sampler, tokenizer, task.environment, rows, prompt_ids, params, seed=seed,
+                        context=EnvironmentContext(score))
 
 
 @dataclass
@@ -45,10 +70,11 @@ class EvalReport:
     prompts: int
     samples: int
     rows: list[dict[str, Any]] = field(repr=False, default_factory=list)  # scored completions
+    episodes: dict[str, float] = field(default_factory=dict)  # with an environment: turns, tokens, env/* means
 
     def summary(self) -> dict[str, float]:
         out = {"accuracy": self.accuracy, **{f"pass@{k}": v for k, v in self.pass_at.items()}}
-        return out | {f"reward/{name}": v for name, v in self.reward_means.items()}
+        return out | {f"reward/{name}": v for name, v in self.reward_means.items()} | self.episodes
 
 
 def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, seed: int = 0,
@@ -66,7 +92,8 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
     params = SamplingParams(temperature=config.temperature, top_p=config.top_p,
                             max_new_tokens=config.max_new_tokens, n=config.n)
     sampler = sampler or model_sampler(model, tokenizer, batch_size=config.batch_size)
-    samples = sampler.sample(encode_prompts(tokenizer, [r["prompt"] for r in rows]), params, seed=seed)
+    samples = sample_rows(sampler, tokenizer, task, rows, encode_prompts(tokenizer, [r["prompt"] for r in rows]),
+                          params, mix, accuracy_reward, seed=seed)
     expanded, result = score_samples(mix, rows, samples)
     correct = [(v or 0.0) >= CORRECT for v in result.per_reward[accuracy_reward]]
     per_prompt = [sum(correct[i * config.n:(i + 1) * config.n]) for i in range(len(rows))]
@@ -79,5 +106,12 @@ def evaluate(model, tokenizer, task: Task, mix: RewardMix, config: EvalConfig, s
     scored_rows = [{**row, "completion": text, **{name: values[i] for name, values in result.per_reward.items()},
                     "reward": result.total[i], "correct": correct[i]}
                    for i, (row, text) in enumerate(zip(expanded, samples.texts, strict=True))]
+    episodes = {}
+    if samples.messages is not None:
+        from rlvf.sampling.episodes import episode_stats
+
+        episodes = episode_stats([samples])
+        for row, messages, state in zip(scored_rows, samples.messages, samples.states, strict=True):
+            row["messages"], row["environment_state"] = messages, state
     return EvalReport(accuracy=sum(correct) / len(correct), pass_at=pass_at, reward_means=reward_means,
-                      prompts=len(rows), samples=len(correct), rows=scored_rows)
+                      prompts=len(rows), samples=len(correct), rows=scored_rows, episodes=episodes)

@@ -48,13 +48,15 @@ from rlvf.models.forward import PolicyForward, completion_logprobs
 from rlvf.models.loading import encode_prompts, load_policy
 from rlvf.models.lora import adapters_disabled, apply_lora, has_adapters, save_trained
 from rlvf.sampling import SamplingParams, build_sampler
-from rlvf.stages.evaluate import CORRECT, evaluate, score_samples
+from rlvf.stages.evaluate import CORRECT, evaluate, sample_rows, score_samples
 from rlvf.stages.rollout import (
     Mismatch,
     Rollout,
     completion_stats,
+    loss_tokens_first,
     masked_mean,
     recompute_old_logprobs,
+    restore_token_order,
     rollout_from_samples,
     sampler_log_ratio,
     truncated_importance_weights,
@@ -294,6 +296,12 @@ class Trainer:
                                  aggregate=self.registry.algorithms.loss_aggregation[self.config.algorithm.loss_aggregation],
                                  clip=c.value_clip, max_grad_norm=self.config.train.max_grad_norm, dist=self.dist)
 
+    def _max_completion_tokens(self) -> int:
+        """The longest a completion can be: sampling.max_new_tokens, or an environment's episode budget."""
+        if self.task.environment is not None:
+            return self.task.environment.option("max_tokens")
+        return self.config.sampling.max_new_tokens
+
     def _optimizer_steps_per_step(self) -> int:
         t = self.config.train
         batch = t.prompts_per_step * t.group_size
@@ -326,7 +334,8 @@ class Trainer:
         prompt_ids = encode_prompts(self.tokenizer, [r["prompt"] for r in rows])
         seed = self.config.seed * 1_000_003 + self.step + 7_919_000_003 * self.dist.rank  # ranks sample apart
         with self.dist.full_weights(self.policy_forward):
-            samples = self.sampler.sample(prompt_ids, params, seed=seed)
+            samples = sample_rows(self.sampler, self.tokenizer, self.task, rows, prompt_ids, params, self.mix,
+                                  self.accuracy_reward, seed=seed)
         # groups numbered across ranks (rank r holds prompts r * len(rows) ...), as in a single process
         rollout = rollout_from_samples(prompt_ids, samples, pad_id=self.tokenizer.pad_token_id,
                                        mask_truncated=t.mask_truncated, device=self.policy.device,
@@ -383,10 +392,15 @@ class Trainer:
             inputs = algorithms.AdvantageInputs(**{name: self.dist.gather_rows(value)
                                                    for name, value in vars(inputs).items()})
         estimator = self.registry.algorithms.advantage[a.advantage]
+        order = None
+        if rollout.generated is not None:  # episodes: the tokens an environment inserted are passed over
+            inputs, order = loss_tokens_first(inputs)
         result = algorithms.call_with_options(
             estimator, inputs, options=a.advantage_options, what=f"advantage estimator '{a.advantage}'")
         if not isinstance(result, algorithms.Advantages):
             result = algorithms.Advantages(advantages=result)
+        if order is not None:
+            inputs, result = restore_token_order(inputs, result, order)
         rollout.advantages = self.dist.own_rows(result.advantages, rows, width).to(rollout.mask.device)
         metrics["advantage/abs_mean"] = masked_mean(result.advantages.abs(), inputs.mask)
         if self.critic is not None:
@@ -444,7 +458,7 @@ class Trainer:
         then the step's loss and gradient norms, go to `means` (and its mismatch to `mismatch`)."""
         t, dist = self.config.train, self.dist
         totals = algorithms.BatchTotals(sequences=dist.sum(rows), tokens=dist.sum(int(part.mask.sum())),
-                                        max_tokens=self.config.sampling.max_new_tokens)
+                                        max_tokens=self._max_completion_tokens())
         critic_forward = self.critic.value_forward if self.critic is not None else None
         wrapped = [m for m in (self.policy_forward, critic_forward) if m is not None]
         # A group's completions kept together: its prompt then runs once per micro-batch.

@@ -29,6 +29,9 @@ class Rollout:
     sampler_logprobs: torch.Tensor | None = None  # [B, T] the sampler's own, when it computes them another way
     tis_weights: torch.Tensor | None = None  # [B, T] truncated importance weights (algorithm.tis_cap)
     returns: torch.Tensor | None = None  # [B, T] the critic's targets
+    # [B, T] 1 on tokens the model sampled, 0 on those a multi-turn environment inserted (no log-prob of the
+    # sampler's, no loss); None: every completion token was sampled
+    generated: torch.Tensor | None = None
     # old_logprobs are not read: the rollout feeds one optimiser step, whose policy is pi_old, so the detached
     # log-probs of its own forward are the old ones (and are compared there with sampler_logprobs, if set)
     on_policy: bool = False
@@ -53,7 +56,7 @@ class Rollout:
         picked["input_ids"], picked["attention_mask"] = picked["input_ids"][:, :width], \
             picked["attention_mask"][:, :width]
         for name in ("completion_ids", "mask", "old_logprobs", "advantages", "ref_logprobs", "values", "returns",
-                     "sampler_logprobs", "tis_weights"):
+                     "sampler_logprobs", "tis_weights", "generated"):
             if picked[name] is not None:
                 picked[name] = picked[name][:, :tokens]
         return Rollout(**picked)
@@ -63,13 +66,18 @@ def rollout_from_samples(prompt_ids: list[list[int]], samples, *, pad_id: int, m
                          device: torch.device, first_group: int = 0) -> Rollout:
     """The Rollout of `samples` (the sampler's completions of `prompt_ids`) on `device`: prompt + completion
     right-padded with `pad_id`, the sampler's log-probs as the old ones; with `mask_truncated`, completions cut at
-    the token budget enter no loss. Groups are numbered from `first_group` (a rank's first prompt of the step)."""
+    the token budget enter no loss, and neither do tokens a multi-turn environment inserted (Samples.generated).
+    Groups are numbered from `first_group` (a rank's first prompt of the step)."""
     sequences = [prompt_ids[samples.prompt_index(i)] + ids for i, ids in enumerate(samples.completion_ids)]
     width, tokens = max(map(len, sequences)), max(1, max(map(len, samples.completion_ids)))
     input_ids = torch.tensor([seq + [pad_id] * (width - len(seq)) for seq in sequences])
     attention = torch.tensor([[1] * len(seq) + [0] * (width - len(seq)) for seq in sequences])
     completion_ids = torch.tensor([ids + [-1] * (tokens - len(ids)) for ids in samples.completion_ids])
     mask = (completion_ids != -1).float()
+    generated = None
+    if samples.generated is not None:
+        generated = torch.tensor([flags + [0] * (tokens - len(flags)) for flags in samples.generated])
+        mask = mask * generated
     if mask_truncated:
         mask = mask * (1 - torch.tensor(samples.truncated, dtype=torch.float))[:, None]
     old = torch.tensor([lp + [0.0] * (tokens - len(lp)) for lp in samples.logprobs])
@@ -79,17 +87,50 @@ def rollout_from_samples(prompt_ids: list[list[int]], samples, *, pad_id: int, m
                                       device=device),
         completion_ids=completion_ids.to(device), mask=mask.to(device), old_logprobs=old.to(device),
         group_ids=torch.tensor([samples.prompt_index(i) + first_group for i in range(len(sequences))]),
+        generated=None if generated is None else generated.to(device),
     )
 
 
 def completion_stats(samples, dist) -> dict[str, float]:
-    """Length and truncation of the step's completions (every rank's under torchrun)."""
+    """Length and truncation of the step's completions, and of its episodes with an environment (every rank's
+    under torchrun)."""
+    from rlvf.sampling.episodes import episode_stats
+
     lengths, truncated = [len(ids) for ids in samples.completion_ids], list(samples.truncated)
+    sampled = lengths if samples.generated is None else [sum(flags) for flags in samples.generated]
+    parts = [(lengths, truncated, sampled, samples)]
     if dist.enabled:
-        gathered = dist.gather_objects((lengths, truncated))
-        lengths, truncated = [n for part in gathered for n in part[0]], [f for part in gathered for f in part[1]]
-    return {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
-            "completion/truncated": sum(truncated) / len(lengths), "tokens/generated": sum(lengths)}
+        parts = dist.gather_objects(parts[0])
+    lengths, truncated, sampled = ([value for part in parts for value in part[field]] for field in range(3))
+    metrics = {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
+               "completion/truncated": sum(truncated) / len(lengths), "tokens/generated": sum(sampled)}
+    if samples.generated is not None:
+        metrics |= episode_stats([part[3] for part in parts])
+    return metrics
+
+
+def loss_tokens_first(inputs):
+    """AdvantageInputs whose [B, T] tensors have each row's loss tokens (mask 1) moved to the front, in order, and
+    the permutation that did it: a token-level estimator (returns to go, GAE) then runs over a model's turns as
+    one sequence, passing over the tokens a multi-turn environment inserted between them (which would otherwise
+    cut the sum at every observation). A single-turn rollout's loss tokens are already first: nothing moves."""
+    from rlvf.algorithms import AdvantageInputs
+
+    order = torch.argsort((inputs.mask <= 0).to(torch.int8), dim=1, stable=True)
+    moved = {name: (value.gather(1, order) if isinstance(value, torch.Tensor) and value.dim() == 2 else value)
+             for name, value in vars(inputs).items()}
+    return AdvantageInputs(**moved), order
+
+
+def restore_token_order(inputs, result, order: torch.Tensor):
+    """The AdvantageInputs and Advantages of loss_tokens_first's order back in the rollout's token order."""
+    from rlvf.algorithms import AdvantageInputs, Advantages
+
+    def back(value):
+        return value if value is None else torch.empty_like(value).scatter_(1, order, value)
+    restored = {name: (back(value) if isinstance(value, torch.Tensor) and value.dim() == 2 else value)
+                for name, value in vars(inputs).items()}
+    return AdvantageInputs(**restored), Advantages(advantages=back(result.advantages), returns=back(result.returns))
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
@@ -97,9 +138,9 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> float:
 
 
 def sampler_log_ratio(trainer_logprobs: torch.Tensor, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log pi_trainer - log pi_sampler per completion token, 0 on padding; where the completion tokens are) for a
-    rollout holding the sampler's log-probs as sampler_logprobs."""
-    real = rollout.completion_ids != -1
+    """(log pi_trainer - log pi_sampler per sampled completion token, 0 on padding and on tokens an environment
+    inserted; where the sampled tokens are) for a rollout holding the sampler's log-probs as sampler_logprobs."""
+    real = rollout.completion_ids != -1 if rollout.generated is None else rollout.generated > 0
     return trainer_logprobs.detach() * real - rollout.sampler_logprobs, real
 
 
