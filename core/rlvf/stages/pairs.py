@@ -119,6 +119,9 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
         raise ConfigError(f"eval.accuracy_reward '{accuracy_reward}' is not in the reward mix ({', '.join(mix.names)})")
     if config.n < 2 or config.temperature <= 0:
         raise ConfigError("pairs.n must be >= 2 and pairs.temperature > 0: pairs need different samples of a prompt")
+    if task.environment is not None:
+        raise ConfigError(f"task.environment = '{task.environment.name}': preference pairs are made from single "
+                          "completions; remove task.environment for `rlvf pairs`")
     rows = task.rows(config.split, limit=config.limit)
     if not rows:
         raise ConfigError(f"task '{task.name}' has no rows in split '{config.split}'")
