@@ -99,6 +99,9 @@ class RewardEntry(Section):
     weight: float = 1.0
     on_error: Literal["raise", "zero"] = "raise"
     options: dict[str, Any] = {}
+    # a reward returning step scores (rlvf.api.StepScores): the one number the mix and group estimators see;
+    # token estimators (reinforce_pp, gae) get the steps themselves on their tokens
+    step_reduction: Literal["min", "last", "mean"] = "min"
 
     @model_validator(mode="before")
     @classmethod

@@ -105,6 +105,10 @@ class AdvantageInputs:
     token_kl: torch.Tensor | None = None  # [B, T] per-token KL to the reference (when there is one)
     kl_penalty: torch.Tensor | None = None  # [B, T] beta * token_kl, only when algorithm.kl_in = "reward"
     values: torch.Tensor | None = None  # [B, T] critic values of the states before each completion token
+    # Step rewards (rlvf.api.StepScores): weight x step score on the token that ends each step, [B, T], and the
+    # part of `scores` their reductions make up [B], which token_rewards() replaces by the steps themselves
+    step_rewards: torch.Tensor | None = None
+    step_part: torch.Tensor | None = None
 
     def sequence_rewards(self) -> torch.Tensor:
         """[B] r_i = score_i - sum_t kl_penalty_it: the KL-in-reward form for sequence-level estimators."""
@@ -113,13 +117,18 @@ class AdvantageInputs:
         return self.scores - (self.kl_penalty * self.mask).sum(-1)
 
     def token_rewards(self) -> torch.Tensor:
-        """[B, T] r_t = -kl_penalty_t at every token, plus the score on the last real token (InstructGPT)."""
+        """[B, T] r_t = -kl_penalty_t at every token, plus the score on the last real token (InstructGPT); with step
+        rewards, each on the token ending its step, and the score less their reductions on the last token."""
         import torch
 
         rewards = torch.zeros_like(self.mask) if self.kl_penalty is None else -self.kl_penalty * self.mask
+        scores = self.scores
+        if self.step_rewards is not None:
+            rewards = rewards + self.step_rewards.to(rewards.dtype) * self.mask
+            scores = scores - self.step_part
         positions = torch.arange(self.mask.shape[1], dtype=self.mask.dtype)
         last = (positions * (self.mask > 0)).argmax(-1)  # the last position where mask is 1 (0 if none)
-        score = self.scores.to(rewards.dtype) * (self.mask.sum(-1) > 0)  # rows without loss tokens get none
+        score = scores.to(rewards.dtype) * (self.mask.sum(-1) > 0)  # rows without loss tokens get none
         return rewards.index_put((torch.arange(len(last)), last), score, accumulate=True)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
-from rlvf.api.text import reward_completions
+from rlvf.api.text import completion_text, reward_completions
 from rlvf.config import Aggregation, RewardConfig, RewardEntry
 from rlvf.errors import ConfigError, RewardError
 
@@ -88,6 +88,48 @@ class RewardSpec:
 
 
 @dataclass
+class StepScores:
+    """Step-level scores of one completion (a process reward): `scores[k]` for step k, which ends at character
+    `ends[k]` (exclusive) of the completion's text (`completion_text`). A reward may return one per completion in
+    place of a float."""
+
+    scores: list[float]
+    ends: list[int]
+
+    @classmethod
+    def split(cls, text: str, scores: Sequence[float], separator: str = "\n") -> StepScores:
+        """The steps of `text` as the non-empty pieces between `separator`s, scored `scores` in order."""
+        ends, position = [], 0
+        for piece in text.split(separator):
+            position += len(piece)
+            if piece.strip():
+                ends.append(position)
+            position += len(separator)
+        return cls(scores=[float(s) for s in scores], ends=ends)
+
+    def problem(self, text_length: int | None) -> str | None:
+        """What is wrong with these scores, or None."""
+        if len(self.scores) != len(self.ends):
+            return f"{len(self.scores)} step scores but {len(self.ends)} step ends"
+        if not self.scores:
+            return "no steps (return None for 'not applicable')"
+        if any(not isinstance(s, (int, float)) or not math.isfinite(s) for s in self.scores):
+            return f"a step score is not a finite number: {self.scores}"
+        if any(b <= a for a, b in zip(self.ends, self.ends[1:], strict=False)) or self.ends[0] <= 0:
+            return f"step ends must be positive and increasing: {self.ends}"
+        if text_length is not None and self.ends[-1] > text_length:
+            return f"step end {self.ends[-1]} is past the completion's {text_length} characters"
+        return None
+
+    def reduced(self, how: str) -> float:
+        if how == "min":
+            return float(min(self.scores))
+        if how == "last":
+            return float(self.scores[-1])
+        return float(sum(self.scores) / len(self.scores))
+
+
+@dataclass
 class MixEntry:
     """One reward in a mix. `name` is the output column; it defaults to the reward's registered name."""
 
@@ -96,6 +138,7 @@ class MixEntry:
     weight: float = 1.0
     on_error: OnError = "raise"
     columns: tuple[str, ...] | None = None  # the columns it reads; none: the function's `columns` attribute
+    step_reduction: str = "min"  # how step scores (StepScores) become its one number: min, last or mean
 
     def needed_columns(self) -> tuple[str, ...]:
         return tuple(self.columns if self.columns is not None else reward_columns(self.function))
@@ -119,6 +162,9 @@ class MixResult:
     failures: dict[str, int]
     reward_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     retries: dict[str, int] = field(default_factory=dict)  # batches a reward raised on and was re-run sample by sample
+    # the step scores of rewards that returned some (StepScores, None where a completion has none); per_reward
+    # holds their reductions (MixEntry.step_reduction)
+    steps: dict[str, list[StepScores | None]] = field(default_factory=dict)
 
     def metrics(self) -> dict[str, float]:
         """Flat per-batch metrics: mean of each reward over the samples it applied to, failure counts."""
@@ -189,6 +235,13 @@ class RewardMix:
             {e.name: (lambda e=e: _call_batch(e, prompts, completions, columns, failures, retried))
              for e in self.entries}
         )
+        steps = {}
+        for entry in self.entries:
+            values = per_reward[entry.name]
+            if any(isinstance(v, StepScores) for v in values):
+                steps[entry.name] = [v if isinstance(v, StepScores) else None for v in values]
+                per_reward[entry.name] = [v.reduced(entry.step_reduction) if isinstance(v, StepScores) else v
+                                          for v in values]
         total = self._aggregate(per_reward, group_ids, n)
         reward_metrics = {}
         for entry in self.entries:
@@ -196,7 +249,7 @@ class RewardMix:
             if callable(pop):
                 reward_metrics[entry.name] = dict(pop())
         return MixResult(total=total, per_reward=per_reward, failures=failures, reward_metrics=reward_metrics,
-                         retries=retries)
+                         retries=retries, steps=steps)
 
     def _aggregate(self, per_reward, group_ids, n) -> list[float | None]:
         if self.aggregation == "normalize_then_sum":
@@ -242,7 +295,7 @@ def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[s
         retried(entry, exc)
         return _per_sample(entry, prompts, completions, columns, failures)
     if not inspect.isawaitable(result):
-        return _check_values(entry, result, n, failures)
+        return _check_values(entry, result, n, failures, completions=completions)
 
     async def finish():
         try:
@@ -250,7 +303,7 @@ def _call_batch(entry: MixEntry, prompts, completions, columns, failures: dict[s
         except Exception as exc:
             retried(entry, exc)
             return await _per_sample(entry, prompts, completions, columns, failures)
-        return _check_values(entry, values, n, failures)
+        return _check_values(entry, values, n, failures, completions=completions)
     return finish()
 
 
@@ -265,7 +318,7 @@ async def _per_sample(entry, prompts, completions, columns, failures):
         except Exception as exc:
             values.append(_sample_failed(entry, i, f"{type(exc).__name__}: {exc}", failures, exc))
             continue
-        values.extend(_check_values(entry, one, 1, failures, offset=i))
+        values.extend(_check_values(entry, one, 1, failures, offset=i, completions=[completions[i]]))
     return values
 
 
@@ -277,9 +330,11 @@ def _sample_failed(entry: MixEntry, index: int, detail: str, failures: dict[str,
     return 0.0
 
 
-def _check_values(entry: MixEntry, values, n: int, failures: dict[str, int], offset: int = 0) -> list[float | None]:
+def _check_values(entry: MixEntry, values, n: int, failures: dict[str, int], offset: int = 0,
+                  completions=None) -> list[float | StepScores | None]:
     """Validate a reward's output. A wrong shape is a bug in the reward and always an error; a bad value
-    (NaN, a string) fails that sample under the entry's policy."""
+    (NaN, a string, step scores that do not fit the completion's text) fails that sample under the entry's
+    policy."""
     if not isinstance(values, (list, tuple)):
         raise RewardError(f"reward '{entry.name}' returned {type(values).__name__}; expected a list of {n} floats")
     if len(values) != n:
@@ -288,6 +343,12 @@ def _check_values(entry: MixEntry, values, n: int, failures: dict[str, int], off
     for i, v in enumerate(values):
         if v is None:
             out.append(None)
+            continue
+        if isinstance(v, StepScores):
+            length = None if completions is None else len(completion_text(completions[i]))
+            problem = v.problem(length)
+            out.append(v if problem is None else _sample_failed(entry, offset + i, f"step scores: {problem}",
+                                                                 failures))
             continue
         f = float(v) if hasattr(v, "__float__") else None  # numbers, numpy and torch scalars; not strings
         if f is None:
@@ -340,7 +401,7 @@ def mix_from_config(config: RewardConfig, registry, default_rewards: dict[str, f
         if not columns and not any(option.endswith("_column") for option in entry.options):
             columns = reward_columns(spec.factory)
         entries.append(MixEntry(name=key, function=function, weight=entry.weight, on_error=entry.on_error,
-                                columns=columns))
+                                columns=columns, step_reduction=entry.step_reduction))
     return RewardMix(entries, aggregation=config.aggregation)
 
 

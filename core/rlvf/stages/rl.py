@@ -384,9 +384,11 @@ class Trainer:
                 kl_penalty = a.beta * token_kl * rollout.mask.cpu()
         if self.critic is not None:  # the values of the critic that saw the rollout: V_old of the value loss
             rollout.values = self.critic.values(rollout)
+        step_rewards, step_part = self._step_rewards(rollout.mask.shape[1])
         inputs = algorithms.AdvantageInputs(scores=scores, group_ids=rollout.group_ids, mask=rollout.mask.cpu(),
                                             token_kl=token_kl, kl_penalty=kl_penalty,
-                                            values=None if rollout.values is None else rollout.values.cpu())
+                                            values=None if rollout.values is None else rollout.values.cpu(),
+                                            step_rewards=step_rewards, step_part=step_part)
         rows, width = rollout.mask.shape
         if self.dist.enabled:  # the estimator sees the whole step's batch, as in one process; each rank keeps its rows
             inputs = algorithms.AdvantageInputs(**{name: self.dist.gather_rows(value)
@@ -410,6 +412,29 @@ class Trainer:
             rollout.returns = self.dist.own_rows(result.returns, rows, width).to(rollout.mask.device)
             metrics |= value_metrics(inputs.values, result.returns, inputs.mask)
         return metrics
+
+    def _step_rewards(self, width: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The step scores of the last scored batch on completion tokens (AdvantageInputs.step_rewards: weight x
+        score on the token holding the step's last character) and the part of the mixed scores their reductions
+        make up; (None, None) without step rewards, or with reward.aggregation = "normalize_then_sum" (whose
+        standardised reductions are not a weighted sum of steps: group and token estimators both see those)."""
+        _, samples, result = self._scored
+        if not result.steps or self.mix.aggregation != "sum":
+            return None, None
+        if samples.messages is not None:
+            raise ConfigError(f"reward '{next(iter(result.steps))}' returned step scores, and task.environment is "
+                              "set: step rewards with environments are not supported yet")
+        rewards, part = torch.zeros(len(samples.texts), width), torch.zeros(len(samples.texts))
+        weights = {entry.name: entry.weight for entry in self.mix.entries}
+        for name, steps in result.steps.items():
+            for i, scored in enumerate(steps):
+                if scored is None:
+                    continue
+                part[i] += weights[name] * result.per_reward[name][i]
+                for end, score in zip(scored.ends, scored.scores, strict=True):
+                    token = token_at(self.tokenizer, samples.completion_ids[i], end)
+                    rewards[i, min(token, width - 1)] += weights[name] * score
+        return rewards, part
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate.
@@ -720,6 +745,19 @@ class Trainer:
         self.step = self.last_checkpoint = checkpoint.step
         if self.dist.is_main:
             say_resuming(self.output_dir, checkpoint, self.config.train.steps)
+
+
+def token_at(tokenizer, ids: list[int], end: int) -> int:
+    """The index of the token of `ids` whose decoded text holds character end - 1 (the last of a step ending at
+    `end`): the fewest leading tokens that decode to at least `end` characters, less one (a binary search)."""
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if len(tokenizer.decode(ids[:middle], skip_special_tokens=True)) >= end:
+            high = middle
+        else:
+            low = middle + 1
+    return max(low - 1, 0)
 
 
 def _progress(total: int, initial: int, enabled: bool):

@@ -64,6 +64,10 @@ def score_rows(mix: RewardMix, rows: list[tuple[int, dict[str, Any]]], output: T
         for i, row in enumerate(data):
             scored = {**row, **{name: values[i] for name, values in result.per_reward.items()},
                       "reward": result.total[i]}
+            for name, steps in result.steps.items():  # a step reward: its reduction above, its steps here
+                if steps[i] is not None:
+                    scored[f"{name}_steps"] = [{"end": end, "score": score}
+                                               for end, score in zip(steps[i].ends, steps[i].scores, strict=True)]
             output.write(json.dumps(scored, ensure_ascii=False) + "\n")
             for name, values in result.per_reward.items():
                 totals.values[name].append(values[i])
