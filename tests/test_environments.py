@@ -9,13 +9,13 @@ import sys
 
 import pytest
 import torch
+from test_trainer import toy, toy_config, training_metrics  # noqa: F401  (toy: a fixture)
 
 from conftest import plugins_json, write_distribution
 from rlvf.algorithms import BatchTotals
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, PluginError
 from rlvf.plugins import PluginInfo, load_registry
-from test_trainer import toy, toy_config, training_metrics  # noqa: F401  (toy: a fixture)
 
 # A third-party distribution: `one_turn` ends every episode after the model's first turn; `nudge` answers each
 # turn with an inline " ok " and a chat "user" message alternately, for `turns` model turns.
@@ -58,7 +58,7 @@ def register_environments(register):
 
 
 @pytest.fixture
-def toy_environments(toy):
+def toy_environments(toy):  # noqa: F811  (the fixture of test_trainer)
     model_dir, data, site = toy
     write_distribution(site, "rlvf-toy-env", "rlvf_toy_env", TOY_ENVIRONMENTS, {"toy-env": "rlvf_toy_env"})
     return model_dir, data, site
@@ -174,12 +174,12 @@ def test_a_multi_turn_run_learns_on_a_tiny_model(toy_environments, tmp_path):
 def test_bad_environment_config_names_what_to_fix(toy_environments, tmp_path):
     model_dir, data, site = toy_environments
     base = toy_config(model_dir, data, tmp_path / "run", steps=1)
-    with pytest.raises(PluginError, match="unknown environment 'nope'.*nudge"):
+    with pytest.raises(PluginError, match=r"unknown environment 'nope'.*nudge"):
         trainer_with_environments(load_config(None, [*base, 'task.environment="nope"']), site)
-    with pytest.raises(ConfigError, match="environment 'nudge' has no option 'turn'.*turns"):
+    with pytest.raises(ConfigError, match=r"environment 'nudge' has no option 'turn'.*turns"):
         trainer_with_environments(load_config(None, [*base, 'task.environment="nudge"',
                                                      "task.environment_options={turn = 2}"]), site)
-    with pytest.raises(ConfigError, match="environment_options is set but no task.environment"):
+    with pytest.raises(ConfigError, match=r"environment_options is set but no task.environment"):
         trainer_with_environments(load_config(None, [*base, "task.environment_options={turns = 2}"]), site)
     with pytest.raises(ConfigError, match="max_turns must be a whole number"):
         trainer_with_environments(load_config(None, [*base, 'task.environment="nudge"',
