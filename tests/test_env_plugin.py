@@ -372,3 +372,39 @@ def test_math_scores_a_retry_that_got_it_right(registry):
     episode = [{"role": "assistant", "content": "The answer is \\boxed{41}."}, {"role": "user", "content": MESSAGE},
                {"role": "assistant", "content": "The answer is \\boxed{42}."}]
     assert math(["q"], [episode], answer=["42"]) == [1.0]
+
+
+# ---- the scaffold ----
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_new_plugin_environment_installs_and_is_discovered(tmp_path):
+    """`rlvf new-plugin NAME --environment`: the package builds and installs (into a directory of its own, not the
+    shared venv), `rlvf plugins --json` lists its environment, and its own tests pass."""
+    import subprocess
+    import sys
+
+    from conftest import BIN, run_rlvf
+
+    run_rlvf("new-plugin", "calc_tool", "--environment", "--directory", str(tmp_path))
+    package, site = tmp_path / "rlvf-calc-tool", tmp_path / "site"
+    assert "register_environments" in (package / "rlvf_calc_tool" / "plugin.py").read_text()
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(package)], check=True, timeout=300)
+    env = {"PYTHONPATH": str(site)}
+    plugin = {p["distribution"]: p for p in plugins_json(env)}["rlvf-calc-tool"]
+    assert plugin["environments"] == ["calc_tool"] and plugin["rewards"] == []
+    assert "rlvf-calc-tool" not in {p["distribution"] for p in plugins_json()}  # nothing leaked into the venv
+    own_tests = subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(package / "tests")],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
+    assert "3 passed" in own_tests.stdout
+
+
+def test_new_plugin_without_environment_still_writes_a_reward(tmp_path):
+    from rlvf.tools.scaffold import write_plugin
+
+    reward = (write_plugin("short", tmp_path) / "rlvf_short" / "plugin.py").read_text()
+    environment = (write_plugin("calc", tmp_path / "e", environment=True) / "rlvf_calc" / "plugin.py").read_text()
+    assert "register_rewards" in reward and "register_environments" not in reward
+    assert "class CalcEnvironment(Environment)" in environment and "{{" not in environment

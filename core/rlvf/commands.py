@@ -319,7 +319,7 @@ def cmd_plot(args) -> None:
 def cmd_new_plugin(args) -> None:
     from rlvf.tools.scaffold import write_plugin
 
-    directory = write_plugin(args.name, Path(args.directory))
+    directory = write_plugin(args.name, Path(args.directory), environment=args.environment)
     print(f"wrote {directory}\ninstall it with: pip install -e {directory}\nthen check: rlvf plugins")
 
 
@@ -413,6 +413,8 @@ def _pairs_arguments(sub) -> None:
 def _new_plugin_arguments(sub) -> None:
     sub.add_argument("name", help="short name, e.g. 'toxicity' -> package rlvf-toxicity")
     sub.add_argument("--directory", default=".", help="where to create the package folder")
+    sub.add_argument("--environment", action="store_true", help="a multi-turn environment (a calculator tool) "
+                     "instead of a reward")
 
 
 def _vllm_serve_arguments(sub) -> None:
