@@ -364,14 +364,13 @@ def test_feedback_episodes_of_a_real_model(tiny_model_dir, registry):
     assert MESSAGE in tokenizer.decode(inserted) and "42" not in tokenizer.decode(inserted)
 
 
-@pytest.mark.xfail(strict=True, reason="completion_text joins an episode's assistant turns with no separator, so "
-                   "the wrong first answer's box and the right retry's box (same line, < 40 characters apart) read "
-                   "as one listed answer '41, 42' and math scores a solved feedback episode 0")
 def test_math_scores_a_retry_that_got_it_right(registry):
     math = math_reward(registry)
     episode = [{"role": "assistant", "content": "The answer is \\boxed{41}."}, {"role": "user", "content": MESSAGE},
                {"role": "assistant", "content": "The answer is \\boxed{42}."}]
-    assert math(["q"], [episode], answer=["42"]) == [1.0]
+    assert math(["q"], [episode], answer=["42"]) == [1.0]  # the final turn's answer (rlvf.api.final_turn_text)
+    assert math(["q"], [episode[:2]], answer=["42"]) == [0.0]  # a feedback message never answers for the model
+    assert math(["q"], [[*episode[:2], {"role": "assistant", "content": "Yes."}]], answer=["41"]) == [0.0]
 
 
 # ---- the scaffold ----

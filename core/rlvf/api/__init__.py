@@ -34,7 +34,7 @@ from typing import Any
 _EXPORTS = {
     "hookimpl": "rlvf.api.hookspecs", "Command": "rlvf.api.commands", "training_stage": "rlvf.api.commands",
     "ConfigError": "rlvf.errors", "PluginError": "rlvf.errors", "RewardError": "rlvf.errors",
-    "completion_text": "rlvf.api.text", "reward_completions": "rlvf.api.text",
+    "completion_text": "rlvf.api.text", "final_turn_text": "rlvf.api.text", "reward_completions": "rlvf.api.text",
     "is_conversational": "rlvf.api.text", "last_boxed": "rlvf.api.text",
     "wrong_number": "rlvf.api.text", "with_final_answer_changed": "rlvf.api.text",
     "Task": "rlvf.api.tasks", "DatasetTask": "rlvf.api.tasks", "fill_template": "rlvf.api.tasks",

@@ -30,6 +30,18 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or chat messages, got {type(completion).__name__}")
 
 
+def final_turn_text(completion: Any) -> str:
+    """The text of a completion's last assistant message (a string completion as it is): where a multi-turn
+    episode's final answer is (rlvf.api.environments). An earlier turn's answer, e.g. a wrong first try before the
+    environment's feedback, is not part of it; neither is any environment message."""
+    if isinstance(completion, (list, tuple)):
+        for message in reversed(completion):
+            if isinstance(message, dict) and message.get("role", "assistant") == "assistant":
+                return completion_text([message])
+        return ""
+    return completion_text(completion)
+
+
 def is_conversational(prompt: Any) -> bool:
     """Whether a prompt is chat messages (a list of {"role", "content"} dicts), as TRL decides it."""
     return isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) and "role" in m for m in prompt)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from rlvf.api import RewardError, completion_text
+from rlvf.api import RewardError, final_turn_text
 from rlvf_code.extract import EXTRACTIONS, Extraction, extract_code
 from rlvf_code.testcases import TestSuite, normalise_output, parse_tests, setup_code, with_prompt
 from rlvf_sandbox import FunctionTests, Sandbox, function_test_job
@@ -103,7 +103,7 @@ class CodeReward:
                 suite = parse_tests(tests[i], entry_points[i], i)
             except ValueError as exc:
                 raise RewardError(str(exc), sample=i) from None
-            code = extract_code(completion_text(completion), self.extraction)
+            code = extract_code(final_turn_text(completion), self.extraction)
             if suite.entry_point and code is not None:
                 code = with_prompt(code, code_prompts[i], suite.entry_point, self.prepend_prompt)
             if not code or not code.strip() or suite.size == 0:

@@ -7,7 +7,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-from rlvf.api import RewardError, completion_text
+from rlvf.api import RewardError, final_turn_text
 from rlvf_math.extract import extract_answer, extract_gold
 from rlvf_math.pool import VerifierPool
 from rlvf_math.verify import DEFAULT_REL_TOL, Verdict, quick_verdict
@@ -52,7 +52,7 @@ class MathReward:
             if gold is None:
                 continue  # no gold: the reward does not apply
             counts["verified"] += 1
-            prediction = extract_answer(completion_text(completion))
+            prediction = extract_answer(final_turn_text(completion))
             if prediction is None:
                 counts["no_answer"] += 1
                 scores[i] = 0.0
