@@ -19,6 +19,7 @@ from rlvf_prm.steps import normalize_step_row, roc_auc, split_steps, step_ends, 
 from safetensors.torch import load_file
 
 from conftest import BIN, kill_when, run_rlvf
+from rlvf.api import StepScores
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
 from rlvf.plugins import get_registry, load_registry
@@ -61,13 +62,13 @@ def test_steps_and_their_end_offsets():
     text = "17 + 25 = 42\n\n8 * 3 = 24\n42 - 24 = 18\nThe answer is \\boxed{18}."
     assert split_steps(text) == ["17 + 25 = 42", "\n8 * 3 = 24", "42 - 24 = 18", "The answer is \\boxed{18}."]
     ends = step_ends(text)
-    assert ends == [13, 25, 38, len(text)]
-    # each step is text[previous end:end]: it, the blank lines before it, and the separator closing it
-    assert [text[a:b] for a, b in zip([0, *ends], ends, strict=False)] == [
-        "17 + 25 = 42\n", "\n8 * 3 = 24\n", "42 - 24 = 18\n", "The answer is \\boxed{18}."]
-    assert step_spans("a\nb\n\n") == [(0, 1), (2, 3)] and step_ends("a\nb\n\n") == [2, 4]
+    assert ends == [12, 24, 37, len(text)]
+    assert [text[start:end] for start, end in step_spans(text)] == split_steps(text)
+    assert step_spans("a\nb\n\n") == [(0, 1), (2, 3)] and step_ends("a\nb\n\n") == [1, 3]
     assert step_ends("") == step_ends(" \n\t\n") == [] and split_steps("  ") == []
-    assert split_steps("a; b;; c;;", separator=";;") == ["a; b", " c"] and step_ends("a; b;; c;;", ";;") == [6, 10]
+    assert split_steps("a; b;; c;;", separator=";;") == ["a; b", " c"] and step_ends("a; b;; c;;", ";;") == [4, 8]
+    for sample in (text, "a\nb\n\n", " \n x\n\n y", "one line"):
+        assert StepScores.split(sample, [0.5] * len(step_ends(sample))).ends == step_ends(sample)
 
 
 def test_step_rows_are_checked_with_the_row_named():
@@ -156,8 +157,6 @@ def prm_reward(trained_prm):
 
 
 def test_the_reward_returns_step_scores_at_the_steps_ends(prm_reward):
-    from rlvf.api import StepScores
-
     completions = ["ab1\ncdx\nq7", "", "  \n\t", "zz", [{"role": "assistant", "content": "k2\nx9"}]]
     prompts = ["q1:", "q2:", "q3:", "q4:", "q5:"]
     scored = prm_reward(prompts, completions)
@@ -174,6 +173,26 @@ def test_the_reward_returns_step_scores_at_the_steps_ends(prm_reward):
     raw = prm_reward.step_probabilities(["q1:"], ["ab1\ncdx\nq7"])[0]
     assert list(scored[0].scores) == pytest.approx([min(raw[: k + 1]) for k in range(3)], abs=1e-6)
     assert prm_reward.pop_metrics()["no_steps"] == 0.0
+
+
+@pytest.mark.timeout(120)
+def test_rlvf_score_writes_the_prm_steps_and_the_mix_reduces_them(trained_prm, prm_reward, tmp_path):
+    _, output = trained_prm
+    completions = ["ab1\ncdx\nq7", "zz 9", "  "]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"q{i}:", "completion": c}) + "\n"
+                            for i, c in enumerate(completions)))
+    config = tmp_path / "score.toml"
+    config.write_text(f'[reward.mix]\nprm = {{ reward = "prm", step_reduction = "last", options = {{ model = '
+                      f'"{output / "final"}", batch_size = 2 }} }}\n')
+    run_rlvf("score", str(config), "--input", str(rows), "--output", str(tmp_path / "scored.jsonl"))
+    scored = read_jsonl(tmp_path / "scored.jsonl")
+    direct = prm_reward([f"q{i}:" for i in range(3)], completions)
+    for row, expected in zip(scored[:2], direct[:2], strict=True):
+        assert [step["end"] for step in row["prm_steps"]] == list(expected.ends)
+        assert [step["score"] for step in row["prm_steps"]] == pytest.approx(list(expected.scores), abs=1e-5)
+        assert row["prm"] == pytest.approx(expected.scores[-1], abs=1e-5)  # step_reduction = "last"
+    assert scored[2]["prm"] is None and scored[2]["reward"] is None  # no step: no reward
 
 
 def test_the_reward_needs_a_model_and_refuses_a_model_that_is_no_prm(char_model_dir):

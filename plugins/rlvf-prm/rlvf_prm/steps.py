@@ -1,9 +1,8 @@
 """Steps of a completion, step-labelled rows, and the held-out metrics of a PRM. Torch-free.
 
-A completion's steps are the pieces between separators that hold more than whitespace. Step k is the text
-`completion[ends[k-1]:ends[k]]`: the whitespace-only pieces before it (blank lines) and the step itself, with the
-separator that follows it when one does. `ends[k]` is exclusive: the StepScores of the `prm` reward place step
-k's score on the token that closes it, its separator (or its last token, for a last step with none after it).
+A completion's steps are the pieces between separators that hold more than whitespace; a step starts after the
+previous step's separator (blank lines before it are its own) and ends at its last character before the next
+separator (`ends[k]`, exclusive), as rlvf.api.StepScores.split has them.
 """
 
 from __future__ import annotations
@@ -27,10 +26,10 @@ def step_spans(text: str, separator: str = "\n") -> list[tuple[int, int]]:
 
 
 def step_ends(text: str, separator: str = "\n") -> list[int]:
-    """The end offset (exclusive) of each step of `text` with its closing separator, when one follows (the
-    `ends` of rlvf.api.StepScores); [] for a text of whitespace only."""
-    return [min(end + len(separator), len(text)) if text.startswith(separator, end) else end
-            for _, end in step_spans(text, separator)]
+    """The end offset (exclusive) of each step of `text`, its separator left out: the `ends` of rlvf.api.StepScores
+    (as StepScores.split makes them), which put step k's score on the token holding its last character; [] for a
+    text of whitespace only."""
+    return [end for _, end in step_spans(text, separator)]
 
 
 def split_steps(text: str, separator: str = "\n") -> list[str]:
