@@ -18,7 +18,7 @@ from rlvf_prm.config import PRMStageConfig
 from rlvf_prm.steps import normalize_step_row, roc_auc, split_steps, step_ends, step_metrics, step_spans
 from safetensors.torch import load_file
 
-from conftest import BIN, kill_when, run_rlvf
+from conftest import BIN, REPO, kill_when, run_rlvf
 from rlvf.api import StepScores
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
@@ -351,6 +351,12 @@ def test_train_prm_killed_after_a_checkpoint_resumes_as_if_never_stopped(char_mo
         load_file(killed / "final" / "model.safetensors")
     assert weights.keys() == resumed_weights.keys()
     assert all(resumed_weights[name].allclose(tensor, rtol=1e-5, atol=1e-7) for name, tensor in weights.items())
+
+
+def test_the_example_config_is_valid_and_the_stage_labels_multistep_by_default():
+    config = load_config(REPO / "examples" / "prm" / "prm.toml", schema=PRMStageConfig)
+    assert config.task.name == "multistep" and config.prm.rows.continuations == 2 and config.prm.dataset is None
+    assert PRMStageConfig().task.name == "multistep" and PRMStageConfig().prm.separator == "\n"
 
 
 def test_train_prm_errors_name_what_to_fix(char_model_dir, tmp_path):
