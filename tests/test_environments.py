@@ -184,3 +184,14 @@ def test_bad_environment_config_names_what_to_fix(toy_environments, tmp_path):
     with pytest.raises(ConfigError, match="max_turns must be a whole number"):
         trainer_with_environments(load_config(None, [*base, 'task.environment="nudge"',
                                                      "task.environment_options={max_turns = 0}"]), site)
+
+
+def test_the_last_allowed_turn_is_stepped_so_the_state_counts_it(toy_environments, tmp_path):
+    model_dir, data, site = toy_environments
+    config = load_config(None, [*toy_config(model_dir, data, tmp_path / "run", steps=1), 'task.environment="nudge"',
+                                "task.environment_options={turns = 9, max_turns = 2, max_tokens = 200}"])
+    trainer = trainer_with_environments(config, site)
+    _, samples, _ = trainer.rollout(trainer.prompts_for_step(0))
+    assert all(sum(m["role"] == "assistant" for m in messages) == 2 for messages in samples.messages)
+    assert [state["nudges"] for state in samples.states] == [2] * len(samples.states)  # both turns seen
+    assert all(messages[-1]["role"] == "assistant" for messages in samples.messages)  # the last nudge is dropped

@@ -72,9 +72,11 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
                 _add_message(messages[e], "assistant", text)
                 if len(ids[e]) < max_tokens:  # room for another turn
                     stepping.append((e, text, bool(new) and new[-1] in eos))
+            # the last turn is stepped too, so that the state counts it (a success on the last try); what the
+            # environment would say next is dropped
+            observations = _step_all(environment, episodes, stepping)
             if turn == max_turns - 1:
                 break
-            observations = _step_all(environment, episodes, stepping)
             active = []
             for (e, _, ended), observation in zip(stepping, observations, strict=True):
                 if observation is None:
