@@ -202,6 +202,10 @@ class AlgorithmConfig(Section):
     kl_estimator: str = "k3"
     beta: float = 0.04  # KL coefficient; 0 loads no reference model
     kl_in: Literal["loss", "reward"] = "loss"  # add beta * KL to the loss, or subtract it from the reward
+    # Rewards returning step scores (rlvf.api.StepScores), for estimators on token rewards (reinforce_pp, gae):
+    # "tokens": each step's weight x score on the token ending the step, in place of its reduction at the last
+    # token; "reduce": only the reduction ([reward.mix.NAME] step_reduction), as group estimators always see it
+    step_rewards: Literal["tokens", "reduce"] = "tokens"
     # Truncated importance sampling for a sampler whose log-probs differ from the trainer's (vLLM): each token's
     # policy loss is weighted by min(pi_trainer_old / pi_sampler, tis_cap); none: no correction
     tis_cap: float | None = None

@@ -141,3 +141,40 @@ def gae_advantages(inputs: AdvantageInputs, gamma: float = 1.0, lam: float = 0.9
     if whiten:
         advantages = masked_whiten(advantages, mask, eps)
     return Advantages(advantages=advantages, returns=returns)
+
+
+def token_at(tokenizer, ids: list[int], end: int) -> int:
+    """The index of the token of `ids` whose decoded text holds character end - 1 (the last of a step ending at
+    `end`): the fewest leading tokens that decode to at least `end` characters, less one (a binary search; as the
+    sampler's stop-string cut, rlvf.sampling.base._tokens_covering, counts them)."""
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if len(tokenizer.decode(ids[:middle], skip_special_tokens=True)) >= end:
+            high = middle
+        else:
+            low = middle + 1
+    return max(low - 1, 0)
+
+
+def step_token_rewards(tokenizer, completion_ids: list[list[int]], texts: list[str], steps: dict[str, list],
+                       weights: dict[str, float], reductions: dict[str, list[float | None]],
+                       width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdvantageInputs.step_rewards and step_part from a MixResult's step scores (`steps`: reward name -> one
+    StepScores or None per completion, offsets into `texts`) and their reductions (`reductions`:
+    MixResult.per_reward): weight x score of each step on the completion token holding the step's last character
+    ([B, width]), and per completion the sum of weight x reduction of its step rewards ([B]), the part of the mixed
+    score the steps replace. A step ending at the text's end lands on the completion's last token: the tokens past
+    the text (EOS, the rest of a stop string's last token) close the last step, and a one-step reward is then
+    exactly its scalar form."""
+    rewards, part = torch.zeros(len(completion_ids), width), torch.zeros(len(completion_ids))
+    for name, scored in steps.items():
+        for i, steps_of_one in enumerate(scored):
+            if steps_of_one is None:
+                continue
+            part[i] += weights[name] * reductions[name][i]
+            for end, score in zip(steps_of_one.ends, steps_of_one.scores, strict=True):
+                ids = completion_ids[i]
+                token = len(ids) - 1 if end >= len(texts[i]) else token_at(tokenizer, ids, end)
+                rewards[i, min(max(token, 0), width - 1)] += weights[name] * score
+    return rewards, part

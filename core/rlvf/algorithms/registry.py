@@ -105,8 +105,9 @@ class AdvantageInputs:
     token_kl: torch.Tensor | None = None  # [B, T] per-token KL to the reference (when there is one)
     kl_penalty: torch.Tensor | None = None  # [B, T] beta * token_kl, only when algorithm.kl_in = "reward"
     values: torch.Tensor | None = None  # [B, T] critic values of the states before each completion token
-    # Step rewards (rlvf.api.StepScores): weight x step score on the token that ends each step, [B, T], and the
-    # part of `scores` their reductions make up [B], which token_rewards() replaces by the steps themselves
+    # Step rewards (rlvf.api.StepScores; rlvf.algorithms.advantages.step_token_rewards): [B, T] weight x step score
+    # on the token that ends each step, and [B] the part of `scores` their reductions make up (sum of weight x
+    # reduction), which token_rewards() replaces by the steps themselves; None without step rewards
     step_rewards: torch.Tensor | None = None
     step_part: torch.Tensor | None = None
 
@@ -117,8 +118,10 @@ class AdvantageInputs:
         return self.scores - (self.kl_penalty * self.mask).sum(-1)
 
     def token_rewards(self) -> torch.Tensor:
-        """[B, T] r_t = -kl_penalty_t at every token, plus the score on the last real token (InstructGPT); with step
-        rewards, each on the token ending its step, and the score less their reductions on the last token."""
+        """[B, T] r_t = -kl_penalty_t at every token, plus the score on the last real token (InstructGPT). With step
+        rewards: plus step_rewards (each step's weight x score on the token ending it), and the last token gets
+        scores - step_part (the scalar rewards' weighted sum) in place of the score, so that a step reward counts by
+        its steps and not also by its reduction; one step ending at the text's end is exactly its scalar form."""
         import torch
 
         rewards = torch.zeros_like(self.mask) if self.kl_penalty is None else -self.kl_penalty * self.mask

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import itertools
 import math
 import sys
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from rlvf.config import Aggregation, RewardConfig, RewardEntry
 from rlvf.errors import ConfigError, RewardError
 
 OnError = Literal["raise", "zero"]
+StepReduction = Literal["min", "last", "mean"]  # how a step reward (StepScores) becomes one number
 AGGREGATIONS = get_args(Aggregation)
 
 
@@ -87,11 +89,20 @@ class RewardSpec:
                               f"{type(exc).__name__}: {exc}") from exc
 
 
+def _is_number(value: Any) -> bool:
+    """A real number: Python, numpy or a one-element torch scalar; not a string, a bool or None."""
+    return hasattr(value, "__float__") and not isinstance(value, (str, bytes, bool))
+
+
 @dataclass
 class StepScores:
     """Step-level scores of one completion (a process reward): `scores[k]` for step k, which ends at character
-    `ends[k]` (exclusive) of the completion's text (`completion_text`). A reward may return one per completion in
-    place of a float."""
+    `ends[k]` (exclusive) of the completion's text (`completion_text`); `ends` strictly increasing, the last at
+    most the text's length. A reward may return one per completion in place of a float (or None). The mix sees
+    its reduction (`[reward.mix.NAME] step_reduction`, MixResult.per_reward) and keeps the steps
+    (MixResult.steps); estimators on token rewards (reinforce_pp, gae) get each step's weight x score on the token
+    holding its last character (algorithm.step_rewards). Scores that do not fit the text (or are not finite) fail
+    that sample under the reward's on_error policy."""
 
     scores: list[float]
     ends: list[int]
@@ -109,24 +120,37 @@ class StepScores:
 
     def problem(self, text_length: int | None) -> str | None:
         """What is wrong with these scores, or None."""
+        if not all(hasattr(part, "__len__") and not isinstance(part, str) for part in (self.scores, self.ends)):
+            return f"scores and ends must be lists, got {type(self.scores).__name__} and {type(self.ends).__name__}"
         if len(self.scores) != len(self.ends):
             return f"{len(self.scores)} step scores but {len(self.ends)} step ends"
-        if not self.scores:
+        if len(self.scores) == 0:
             return "no steps (return None for 'not applicable')"
-        if any(not isinstance(s, (int, float)) or not math.isfinite(s) for s in self.scores):
-            return f"a step score is not a finite number: {self.scores}"
-        if any(b <= a for a, b in zip(self.ends, self.ends[1:], strict=False)) or self.ends[0] <= 0:
-            return f"step ends must be positive and increasing: {self.ends}"
-        if text_length is not None and self.ends[-1] > text_length:
-            return f"step end {self.ends[-1]} is past the completion's {text_length} characters"
+        if any(not _is_number(s) or not math.isfinite(float(s)) for s in self.scores):
+            return f"a step score is not a finite number: {list(self.scores)}"
+        if any(not _is_number(e) or float(e) != int(e) for e in self.ends):
+            return f"step ends must be whole character offsets: {list(self.ends)}"
+        ends = [int(e) for e in self.ends]
+        if any(b <= a for a, b in itertools.pairwise(ends)) or ends[0] <= 0:
+            return f"step ends must be positive and increasing: {ends}"
+        if text_length is not None and ends[-1] > text_length:
+            return f"step end {ends[-1]} is past the completion's {text_length} characters"
         return None
 
-    def reduced(self, how: str) -> float:
+    def plain(self) -> StepScores:
+        """These scores as Python floats and ends as ints (a reward may give numpy or torch scalars)."""
+        return StepScores(scores=[float(s) for s in self.scores], ends=[int(e) for e in self.ends])
+
+    def reduced(self, how: StepReduction) -> float:
+        """The one number of these scores for the mix and group estimators: the lowest step ("min": a solution is
+        as good as its worst step), the last step ("last"), or the mean ("mean")."""
         if how == "min":
             return float(min(self.scores))
         if how == "last":
             return float(self.scores[-1])
-        return float(sum(self.scores) / len(self.scores))
+        if how == "mean":
+            return float(sum(self.scores) / len(self.scores))
+        raise ConfigError(f"step_reduction '{how}' is not one of {', '.join(get_args(StepReduction))}")
 
 
 @dataclass
@@ -138,7 +162,12 @@ class MixEntry:
     weight: float = 1.0
     on_error: OnError = "raise"
     columns: tuple[str, ...] | None = None  # the columns it reads; none: the function's `columns` attribute
-    step_reduction: str = "min"  # how step scores (StepScores) become its one number: min, last or mean
+    step_reduction: StepReduction = "min"  # how step scores (StepScores) become its one number: min, last or mean
+
+    def __post_init__(self):
+        if self.step_reduction not in get_args(StepReduction):
+            raise ConfigError(f"reward '{self.name}': step_reduction '{self.step_reduction}' is not one of "
+                              f"{', '.join(get_args(StepReduction))}")
 
     def needed_columns(self) -> tuple[str, ...]:
         return tuple(self.columns if self.columns is not None else reward_columns(self.function))
@@ -347,8 +376,8 @@ def _check_values(entry: MixEntry, values, n: int, failures: dict[str, int], off
         if isinstance(v, StepScores):
             length = None if completions is None else len(completion_text(completions[i]))
             problem = v.problem(length)
-            out.append(v if problem is None else _sample_failed(entry, offset + i, f"step scores: {problem}",
-                                                                 failures))
+            out.append(v.plain() if problem is None else _sample_failed(entry, offset + i, f"step scores: {problem}",
+                                                                         failures))
             continue
         f = float(v) if hasattr(v, "__float__") else None  # numbers, numpy and torch scalars; not strings
         if f is None:

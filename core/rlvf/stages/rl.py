@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from rlvf import algorithms
-from rlvf.algorithms.advantages import group_stats
+from rlvf.algorithms.advantages import group_stats, step_token_rewards
 from rlvf.api.rewards import MixResult, RewardMix, check_task_columns, mix_from_config
 from rlvf.api.tasks import Task, task_from_config
 from rlvf.config import Config
@@ -414,27 +414,20 @@ class Trainer:
         return metrics
 
     def _step_rewards(self, width: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """The step scores of the last scored batch on completion tokens (AdvantageInputs.step_rewards: weight x
-        score on the token holding the step's last character) and the part of the mixed scores their reductions
-        make up; (None, None) without step rewards, or with reward.aggregation = "normalize_then_sum" (whose
-        standardised reductions are not a weighted sum of steps: group and token estimators both see those)."""
+        """AdvantageInputs.step_rewards and step_part of the last scored batch (algorithms.step_token_rewards);
+        (None, None) without step rewards, with algorithm.step_rewards = "reduce", or with reward.aggregation =
+        "normalize_then_sum" (whose standardised reductions are not a weighted sum of steps: token estimators then
+        see the reductions, as group estimators do)."""
         _, samples, result = self._scored
-        if not result.steps or self.mix.aggregation != "sum":
+        if not result.steps:
             return None, None
         if samples.messages is not None:
             raise ConfigError(f"reward '{next(iter(result.steps))}' returned step scores, and task.environment is "
                               "set: step rewards with environments are not supported yet")
-        rewards, part = torch.zeros(len(samples.texts), width), torch.zeros(len(samples.texts))
-        weights = {entry.name: entry.weight for entry in self.mix.entries}
-        for name, steps in result.steps.items():
-            for i, scored in enumerate(steps):
-                if scored is None:
-                    continue
-                part[i] += weights[name] * result.per_reward[name][i]
-                for end, score in zip(scored.ends, scored.scores, strict=True):
-                    token = token_at(self.tokenizer, samples.completion_ids[i], end)
-                    rewards[i, min(token, width - 1)] += weights[name] * score
-        return rewards, part
+        if self.config.algorithm.step_rewards == "reduce" or self.mix.aggregation != "sum":
+            return None, None
+        return step_token_rewards(self.tokenizer, samples.completion_ids, samples.texts, result.steps,
+                                  {entry.name: entry.weight for entry in self.mix.entries}, result.per_reward, width)
 
     def update(self, rollout: Rollout) -> dict[str, float]:
         """`epochs` passes of mini-batch optimiser steps over the rollout; micro-batches accumulate.
@@ -745,19 +738,6 @@ class Trainer:
         self.step = self.last_checkpoint = checkpoint.step
         if self.dist.is_main:
             say_resuming(self.output_dir, checkpoint, self.config.train.steps)
-
-
-def token_at(tokenizer, ids: list[int], end: int) -> int:
-    """The index of the token of `ids` whose decoded text holds character end - 1 (the last of a step ending at
-    `end`): the fewest leading tokens that decode to at least `end` characters, less one (a binary search)."""
-    low, high = 1, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if len(tokenizer.decode(ids[:middle], skip_special_tokens=True)) >= end:
-            high = middle
-        else:
-            low = middle + 1
-    return max(low - 1, 0)
 
 
 def _progress(total: int, initial: int, enabled: bool):
