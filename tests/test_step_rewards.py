@@ -199,12 +199,14 @@ def train(step_site, run_dir, *overrides: str) -> list[dict]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("algorithm", ["reinforce_pp", "grpo"])
+@pytest.mark.parametrize("algorithm", [['algorithm.advantage="reinforce_pp"'], [],
+                                       ['algorithm.preset="ppo"', "critic.lr=3e-3"]],
+                         ids=["reinforce_pp", "grpo", "ppo (gae)"])
 def test_a_single_step_reward_trains_exactly_like_its_scalar_form(step_site, tmp_path, algorithm):
-    chosen = f"algorithm.advantage={json.dumps(algorithm)}"
-    scalar = train(step_site, tmp_path / "scalar", chosen)
-    steps = train(step_site, tmp_path / "steps", chosen, 'reward.mix={digits = {reward = "digit_steps"}}')
+    scalar = train(step_site, tmp_path / "scalar", *algorithm)
+    steps = train(step_site, tmp_path / "steps", *algorithm, 'reward.mix={digits = {reward = "digit_steps"}}')
     assert steps == scalar and len(steps) == 3
+    assert ("critic/returns_mean" in steps[0]) == ("ppo" in str(algorithm))  # ppo: gae with a critic
 
 
 @pytest.mark.timeout(300)
