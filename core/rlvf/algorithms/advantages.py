@@ -145,16 +145,10 @@ def gae_advantages(inputs: AdvantageInputs, gamma: float = 1.0, lam: float = 0.9
 
 def token_at(tokenizer, ids: list[int], end: int) -> int:
     """The index of the token of `ids` whose decoded text holds character end - 1 (the last of a step ending at
-    `end`): the fewest leading tokens that decode to at least `end` characters, less one (a binary search; as the
-    sampler's stop-string cut, rlvf.sampling.base._tokens_covering, counts them)."""
-    low, high = 1, len(ids)
-    while low < high:
-        middle = (low + high) // 2
-        if len(tokenizer.decode(ids[:middle], skip_special_tokens=True)) >= end:
-            high = middle
-        else:
-            low = middle + 1
-    return max(low - 1, 0)
+    `end`), counted as the sampler's stop-string cut counts tokens (rlvf.sampling.base.tokens_covering)."""
+    from rlvf.sampling.base import tokens_covering
+
+    return max(tokens_covering(tokenizer, ids, end) - 1, 0)
 
 
 def step_token_rewards(tokenizer, completion_ids: list[list[int]], texts: list[str], steps: dict[str, list],

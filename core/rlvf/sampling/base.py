@@ -69,7 +69,7 @@ def finish_samples(tokenizer, eos_ids: set[int], completion_ids: list[list[int]]
         text = tokenizer.decode(ids, skip_special_tokens=True)
         cut = _cut_at_stop(text, params.stop)
         if cut is not None:  # keep tokens up to the stop string: re-tokenising would change them
-            keep = _tokens_covering(tokenizer, ids, len(cut))
+            keep = tokens_covering(tokenizer, ids, len(cut))
             completion_ids[i], logprobs[i] = ids[:keep], logprobs[i][:keep]
             text = cut
         ended = bool(ids) and ids[-1] in eos_ids
@@ -90,12 +90,18 @@ def _cut_at_stop(text: str, stops: list[str]) -> str | None:
     return text[: min(positions)] if positions else None
 
 
-def _tokens_covering(tokenizer, ids: list[int], n_chars: int) -> int:
-    """The fewest leading tokens whose decoded text is at least `n_chars` long."""
-    for keep in range(1, len(ids) + 1):
-        if len(tokenizer.decode(ids[:keep], skip_special_tokens=True)) >= n_chars:
-            return keep
-    return len(ids)
+def tokens_covering(tokenizer, ids: list[int], n_chars: int) -> int:
+    """The fewest leading tokens whose decoded text is at least `n_chars` long (all of them if none is): a binary
+    search, since a longer prefix never decodes shorter. Where a stop string cuts a completion, and where a step
+    reward's step ends (rlvf.algorithms.advantages.step_token_rewards)."""
+    low, high = 1, len(ids)
+    while low < high:
+        middle = (low + high) // 2
+        if len(tokenizer.decode(ids[:middle], skip_special_tokens=True)) >= n_chars:
+            high = middle
+        else:
+            low = middle + 1
+    return min(low, len(ids))
 
 
 def build_sampler(registry, config, model, tokenizer, *, path: str | None = None, seed: int = 0,

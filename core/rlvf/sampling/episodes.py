@@ -45,6 +45,7 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
         messages: list[list[dict]] = [[] for _ in range(total)]
         truncated = [False] * total
         active = list(range(total))
+        eos = _eos_ids(sampler, tokenizer)
         for turn in range(max_turns):
             turn_seed = None if seed is None else seed + 1_000_033 * turn
             turn_params = dataclasses.replace(params, stop=stops, max_new_tokens=min(
@@ -56,7 +57,6 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
                 samples = sampler.sample([prompt_ids[e // params.n] + ids[e] for e in active],
                                          dataclasses.replace(turn_params, n=1), seed=turn_seed)
                 turn_rows = active
-            eos = _eos_ids(sampler, tokenizer)
             stepping = []  # (episode, text, ended itself)
             for position, e in enumerate(turn_rows):
                 new, lps, text = samples.completion_ids[position], samples.logprobs[position], samples.texts[position]
@@ -69,7 +69,7 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
                 ids[e] += new
                 logprobs[e] += lps
                 generated[e] += [1] * len(new)
-                _add_message(messages[e], "assistant", text)
+                messages[e].append({"role": "assistant", "content": text})
                 if len(ids[e]) < max_tokens:  # room for another turn
                     stepping.append((e, text, bool(new) and new[-1] in eos))
             # the last turn is stepped too, so that the state counts it (a success on the last try); what the
@@ -88,8 +88,8 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
                 ids[e] += inserted
                 logprobs[e] += [0.0] * len(inserted)
                 generated[e] += [0] * len(inserted)
-                _add_message(messages[e], "tool" if observation.role == "inline" else observation.role,
-                             observation.text)
+                messages[e].append({"role": "tool" if observation.role == "inline" else observation.role,
+                                    "content": observation.text})
                 active.append(e)
             if not active:
                 break
@@ -102,6 +102,11 @@ def run_episodes(sampler: Sampler, tokenizer, environment: Environment, rows: li
                    generated=generated, messages=messages, states=states)
 
 
+def model_turns(messages: list[dict]) -> int:
+    """An episode's model turns: its assistant messages."""
+    return sum(message["role"] == "assistant" for message in messages)
+
+
 def episode_stats(parts: list[Samples]) -> dict[str, float]:
     """Metrics of episodes (Samples of run_episodes, several parts: ranks): model turns, tokens the model sampled
     and the environment inserted, per episode; and the mean of each number the episodes' states hold, as
@@ -109,7 +114,7 @@ def episode_stats(parts: list[Samples]) -> dict[str, float]:
     turns, model, inserted, numbers = [], [], [], {}
     for samples in parts:
         for messages, flags, state in zip(samples.messages, samples.generated, samples.states, strict=True):
-            turns.append(sum(message["role"] == "assistant" for message in messages))
+            turns.append(model_turns(messages))
             model.append(sum(flags))
             inserted.append(len(flags) - sum(flags))
             for name, value in state.items():
@@ -134,10 +139,6 @@ def _step_all(environment: Environment, episodes: list[Episode], stepping) -> li
         return [step(item) for item in stepping]
     with concurrent.futures.ThreadPoolExecutor(min(environment.concurrency, len(stepping))) as pool:
         return list(pool.map(step, stepping))
-
-
-def _add_message(messages: list[dict], role: str, text: str) -> None:
-    messages.append({"role": role, "content": text})
 
 
 def _eos_ids(sampler, tokenizer) -> set[int]:

@@ -37,7 +37,9 @@ def score_samples(mix: RewardMix, rows: list[dict[str, Any]], samples: Samples) 
     if samples.messages is not None:
         completions = samples.messages
         columns["environment_state"] = samples.states
-        columns["turns"] = [sum(m["role"] == "assistant" for m in messages) for messages in samples.messages]
+        from rlvf.sampling.episodes import model_turns
+
+        columns["turns"] = [model_turns(messages) for messages in samples.messages]
     result = mix.score([row["prompt"] for row in expanded], completions,
                        group_ids=[samples.prompt_index(i) for i in range(len(expanded))],
                        completion_ids=samples.completion_ids, **columns)

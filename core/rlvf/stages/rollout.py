@@ -98,13 +98,14 @@ def completion_stats(samples, dist) -> dict[str, float]:
 
     lengths, truncated = [len(ids) for ids in samples.completion_ids], list(samples.truncated)
     sampled = lengths if samples.generated is None else [sum(flags) for flags in samples.generated]
-    parts = [(lengths, truncated, sampled, samples)]
+    episodes = samples if samples.generated is not None else None  # only episodes travel between ranks
+    parts = [(lengths, truncated, sampled, episodes)]
     if dist.enabled:
         parts = dist.gather_objects(parts[0])
     lengths, truncated, sampled = ([value for part in parts for value in part[field]] for field in range(3))
     metrics = {"completion/length_mean": sum(lengths) / len(lengths), "completion/length_max": max(lengths),
                "completion/truncated": sum(truncated) / len(lengths), "tokens/generated": sum(sampled)}
-    if samples.generated is not None:
+    if episodes is not None:
         metrics |= episode_stats([part[3] for part in parts])
     return metrics
 
