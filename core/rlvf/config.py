@@ -21,6 +21,7 @@ from rlvf.errors import ConfigError
 
 # Names a key may take, listed once: the code that acts on them reads them from here (typing.get_args).
 Aggregation = Literal["sum", "normalize_then_sum"]  # how the reward mix combines its rewards
+StepReduction = Literal["min", "last", "mean"]  # how a step reward (rlvf.api.StepScores) becomes one number
 ParallelMode = Literal["none", "ddp", "fsdp"]  # how torchrun ranks hold the policy (rlvf.engine.distributed)
 
 
@@ -101,7 +102,7 @@ class RewardEntry(Section):
     options: dict[str, Any] = {}
     # a reward returning step scores (rlvf.api.StepScores): the one number the mix and group estimators see;
     # token estimators (reinforce_pp, gae) get the steps themselves on their tokens
-    step_reduction: Literal["min", "last", "mean"] = "min"
+    step_reduction: StepReduction = "min"
 
     @model_validator(mode="before")
     @classmethod

@@ -24,11 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from rlvf.api.text import completion_text, reward_completions
-from rlvf.config import Aggregation, RewardConfig, RewardEntry
+from rlvf.config import Aggregation, RewardConfig, RewardEntry, StepReduction
 from rlvf.errors import ConfigError, RewardError
 
 OnError = Literal["raise", "zero"]
-StepReduction = Literal["min", "last", "mean"]  # how a step reward (StepScores) becomes one number
 AGGREGATIONS = get_args(Aggregation)
 
 
