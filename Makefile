@@ -46,7 +46,7 @@ demo: setup
 XDIST := -n $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 ))) --dist loadfile
 
 test: setup
-	$(BIN)/pytest -q $(XDIST)
+	$(BIN)/pytest -q $(XDIST) --durations=15
 
 test-fast: setup
 	$(BIN)/pytest -q $(XDIST) -m "not slow"

@@ -138,6 +138,46 @@ def test_weight_sync_moves_the_engine_to_the_trainers_weights(policy, engine, pr
 
 
 @pytest.mark.vllm
+@pytest.mark.timeout(600)
+def test_episodes_of_an_environment_run_on_the_vllm_sampler(policy, engine, prompt_ids):
+    """Multi-turn episodes (rlvf.sampling.episodes) on vLLM: the observation's tokens sit between the model's turns
+    with log-prob 0, and the model's later turns have the log-probs the trainer computes on the whole context."""
+    from rlvf.api import Environment, Episode, Observation
+    from rlvf.sampling.episodes import run_episodes
+
+    class Again(Episode):
+        def step(self, text, finished):
+            self.state["nudges"] = self.state.get("nudges", 0) + 1
+            return Observation(" Check it once more:", role="inline")
+
+    class AgainEnvironment(Environment):
+        name = "again"
+
+        def start(self, row, context):
+            return Again()
+
+    rows = [{"prompt": PROMPTS[0]}]
+    samples = run_episodes(engine, policy.tokenizer, AgainEnvironment().configured(max_turns=2, max_tokens=64),
+                           rows, prompt_ids[:1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2), seed=5)
+    inserted = policy.tokenizer(" Check it once more:", add_special_tokens=False)["input_ids"]
+    second_turns = 0
+    for ids, flags, logprobs, state in zip(samples.completion_ids, samples.generated, samples.logprobs,
+                                           samples.states, strict=True):
+        assert [t for t, f in zip(ids, flags, strict=True) if not f] == inserted
+        assert state == {"nudges": 2}  # both turns are stepped, the last one too
+        start = flags.index(0)
+        assert sum(flags[:start]) > 0 and all(lp == 0.0 for lp, f in zip(logprobs, flags, strict=True) if not f)
+        later = [i for i, f in enumerate(flags) if f and i > start]
+        if later:  # the second turn, sampled by vLLM after the observation, scored by the trainer's model
+            trainer = hf_logprobs(policy.model, prompt_ids[0], ids)[later]
+            assert torch.allclose(torch.tensor([logprobs[i] for i in later]), trainer, atol=2e-3)
+            second_turns += 1
+    assert second_turns
+
+
+# Tests that share the module's engine come first: the engines the tests below build for their trainers tear
+# down vLLM's process-wide parallel groups when they are freed, and the shared engine cannot step after that.
+@pytest.mark.vllm
 @pytest.mark.timeout(300)
 def test_grpo_with_the_vllm_sampler(tmp_path, capsys):
     from rlvf.plugins import get_registry
@@ -258,41 +298,3 @@ def test_recomputed_old_logprobs_measure_the_mismatch_and_tis_caps_it(tiny_model
     assert plain["grad_norm"] > 1e-6 and metrics["grad_norm"] == pytest.approx(0.5 * plain["grad_norm"], rel=1e-3)
     # one optimiser step per rollout: the update's own forward gave the old log-probs (no separate pass)
     assert "time/old_logprobs" not in metrics and "time/weight_sync" in metrics and trainer.sampler.synced == 1
-
-
-@pytest.mark.vllm
-@pytest.mark.timeout(600)
-def test_episodes_of_an_environment_run_on_the_vllm_sampler(policy, engine, prompt_ids):
-    """Multi-turn episodes (rlvf.sampling.episodes) on vLLM: the observation's tokens sit between the model's turns
-    with log-prob 0, and the model's later turns have the log-probs the trainer computes on the whole context."""
-    from rlvf.api import Environment, Episode, Observation
-    from rlvf.sampling.episodes import run_episodes
-
-    class Again(Episode):
-        def step(self, text, finished):
-            self.state["nudges"] = self.state.get("nudges", 0) + 1
-            return Observation(" Check it once more:", role="inline")
-
-    class AgainEnvironment(Environment):
-        name = "again"
-
-        def start(self, row, context):
-            return Again()
-
-    rows = [{"prompt": PROMPTS[0]}]
-    samples = run_episodes(engine, policy.tokenizer, AgainEnvironment().configured(max_turns=2, max_tokens=64),
-                           rows, prompt_ids[:1], SamplingParams(temperature=1.0, max_new_tokens=16, n=2), seed=5)
-    inserted = policy.tokenizer(" Check it once more:", add_special_tokens=False)["input_ids"]
-    second_turns = 0
-    for ids, flags, logprobs, state in zip(samples.completion_ids, samples.generated, samples.logprobs,
-                                           samples.states, strict=True):
-        assert [t for t, f in zip(ids, flags, strict=True) if not f] == inserted
-        assert state == {"nudges": 2}  # both turns are stepped, the last one too
-        start = flags.index(0)
-        assert sum(flags[:start]) > 0 and all(lp == 0.0 for lp, f in zip(logprobs, flags, strict=True) if not f)
-        later = [i for i, f in enumerate(flags) if f and i > start]
-        if later:  # the second turn, sampled by vLLM after the observation, scored by the trainer's model
-            trainer = hf_logprobs(policy.model, prompt_ids[0], ids)[later]
-            assert torch.allclose(torch.tensor([logprobs[i] for i in later]), trainer, atol=2e-3)
-            second_turns += 1
-    assert second_turns
