@@ -142,6 +142,8 @@ def test_the_reward_and_the_command_come_from_the_installed_plugin():
     plugins = {p["distribution"]: p for p in json.loads(run_rlvf("plugins", "--json").stdout)}
     assert plugins["rlvf-prm"]["rewards"] == ["prm"] and plugins["rlvf-prm"]["commands"] == ["train-prm"]
     assert plugins["rlvf-prm"]["entry_point"] == "prm = rlvf_prm.plugin"
+    assert plugins["rlvf-prm"]["exploits"] == ["worked_solution", "right_steps_wrong_answer",
+                                               "irrelevant_true_steps", "repeated_step"]
     assert "train-prm" in run_rlvf("--help").stdout
     code = ("import sys; from rlvf.plugins import load_registry; r = load_registry(); "
             "assert 'prm' in r.rewards and 'train-prm' in r.commands; print('torch' in sys.modules)")
@@ -367,3 +369,29 @@ def test_train_prm_errors_name_what_to_fix(char_model_dir, tmp_path):
                                                         "prm.output_dir": str(tmp_path / "run2")})
     result = run_rlvf("train-prm", *settings, check=False)
     assert result.returncode == 2 and "prm.rows.accuracy_reward 'nope' is not in the reward mix" in result.stderr
+
+
+def test_the_prm_exploit_families_pay_nothing_under_the_math_reward_and_the_worked_solution_pays():
+    """The plugin's audit families on real `multistep` rows: the worked solution is right (math 1.0), every exploit
+    states a wrong answer (math 0.0), so any score a PRM gives them is its own error."""
+    from rlvf.api import AuditRow, mix_from_config, task_from_config
+    from rlvf.config import RewardConfig, TaskConfig
+
+    registry = load_registry()
+    families = {name: family for name, family in registry.exploits.items() if family.plugin == "rlvf-prm"}
+    rows = task_from_config(TaskConfig(name="multistep", options={"max_operations": 3}), registry).rows("eval",
+                                                                                                     limit=12)
+    mix = mix_from_config(RewardConfig(mix={"math": 1.0}), registry)
+    built = {name: [] for name in families}
+    for index, row in enumerate(rows):
+        for name, family in families.items():
+            for text in family.build(AuditRow(row, index, rows, random.Random(f"{name}{index}"))):
+                built[name].append((row, text))
+    for name, pairs in built.items():
+        assert len(pairs) >= len(rows), name  # every multistep row has a worked solution and an integer answer
+        scores = mix.score([row["prompt"] for row, _ in pairs], [text for _, text in pairs],
+                           answer=[row["answer"] for row, _ in pairs]).per_reward["math"]
+        assert scores == [1.0 if families[name].role == "gold" else 0.0] * len(pairs), (name, pairs[0][1])
+    steps = built["right_steps_wrong_answer"][0][1].splitlines()
+    assert steps[:-1] == rows[0]["solution"].splitlines()[:-1]  # the steps are the reference's own
+    assert families["worked_solution"].build(AuditRow({"prompt": "q", "answer": "3"}, 0, [], random.Random(0))) == []

@@ -3,6 +3,7 @@ plugins stays fast; the model is loaded when the reward is built or `rlvf train-
 
 from rlvf import hookimpl
 from rlvf.api import training_stage
+from rlvf_prm import exploits
 from rlvf_prm.config import PRMStageConfig
 from rlvf_prm.reward import PRMReward
 
@@ -12,6 +13,11 @@ def register_rewards(register):
     register(PRMReward, name="prm",
              description="per-step p(step correct) of a process reward model (`rlvf train-prm` output), as step "
                          "scores: steps split at a separator (default a newline)")
+
+
+@hookimpl
+def register_exploits(register):
+    exploits.register(register)
 
 
 def _summary(r) -> list[str]:
