@@ -143,7 +143,7 @@ def test_the_reward_and_the_command_come_from_the_installed_plugin():
     assert plugins["rlvf-prm"]["rewards"] == ["prm"] and plugins["rlvf-prm"]["commands"] == ["train-prm"]
     assert plugins["rlvf-prm"]["entry_point"] == "prm = rlvf_prm.plugin"
     assert plugins["rlvf-prm"]["exploits"] == ["worked_solution", "right_steps_wrong_answer",
-                                               "irrelevant_true_steps", "repeated_step"]
+                                               "irrelevant_true_steps", "repeated_step", "unfinished_work"]
     assert "train-prm" in run_rlvf("--help").stdout
     code = ("import sys; from rlvf.plugins import load_registry; r = load_registry(); "
             "assert 'prm' in r.rewards and 'train-prm' in r.commands; print('torch' in sys.modules)")
