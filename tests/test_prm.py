@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import subprocess
 
 import pytest
@@ -359,6 +360,18 @@ def test_the_example_config_is_valid_and_the_stage_labels_multistep_by_default()
     config = load_config(REPO / "examples" / "prm" / "prm.toml", schema=PRMStageConfig)
     assert config.task.name == "multistep" and config.prm.rows.continuations == 2 and config.prm.dataset is None
     assert PRMStageConfig().task.name == "multistep" and PRMStageConfig().prm.separator == "\n"
+
+
+def test_the_rl_comparison_commands_in_rl_toml_load():
+    """examples/prm/rl.toml's header lists the arms' commands; each loads, with the arm's mix and algorithm."""
+    header = (REPO / "examples" / "prm" / "rl.toml").read_text().split("\nseed")[0]
+    commands = [line.split("rlvf train ", 1)[1] for line in header.replace("\\\n#", "").splitlines()
+                if "rlvf train " in line]
+    arms = [load_config(REPO / args[0], args[1:]) for args in (shlex.split(c.split("#")[0]) for c in commands)]
+    assert [sorted(arm.reward.mix) for arm in arms] == [["math"], ["math", "prm"], ["math", "prm"], ["math"]]
+    assert arms[1].reward.mix["prm"].step_reduction == "min" and arms[2].algorithm.advantage == "reinforce_pp"
+    assert arms[3].algorithm.advantage == "reinforce_pp"  # its control: the same algorithm without the PRM
+    assert len({arm.train.output_dir for arm in arms}) == 4 and {arm.train.steps for arm in arms} == {20}
 
 
 def test_train_prm_errors_name_what_to_fix(char_model_dir, tmp_path):
