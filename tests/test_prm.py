@@ -408,3 +408,6 @@ def test_the_prm_exploit_families_pay_nothing_under_the_math_reward_and_the_work
     steps = built["right_steps_wrong_answer"][0][1].splitlines()
     assert steps[:-1] == rows[0]["solution"].splitlines()[:-1]  # the steps are the reference's own
     assert families["worked_solution"].build(AuditRow({"prompt": "q", "answer": "3"}, 0, [], random.Random(0))) == []
+    holds_answer = {"prompt": "q", "answer": "9", "solution": "3 + 9 = 12\n12 - 3 = 9\nThe answer is \\boxed{9}."}
+    unfinished = families["unfinished_work"].build(AuditRow(holds_answer, 0, [holds_answer], random.Random(0)))
+    assert len(unfinished) == 1 and unfinished[0].isdigit() and unfinished[0] != "9"  # "3 + 9" could read as 9
