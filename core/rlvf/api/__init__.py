@@ -43,7 +43,7 @@ _EXPORTS = {
     "Environment": "rlvf.api.environments", "Episode": "rlvf.api.environments",
     "Observation": "rlvf.api.environments", "EnvironmentContext": "rlvf.api.environments",
     "AuditRow": "rlvf.api.exploits", "ExploitFamily": "rlvf.api.exploits",
-    "StepScores": "rlvf.api.rewards",
+    "StepScores": "rlvf.api.rewards", "step_spans": "rlvf.api.rewards",
     "RewardMix": "rlvf.api.rewards", "MixResult": "rlvf.api.rewards", "mix_from_config": "rlvf.api.rewards",
     # for stages: config sections, models, sampling, the supervised loop, rows and pairs, evaluation, server auth
     "Section": "rlvf.config", "StageConfig": "rlvf.config", "ModelConfig": "rlvf.config",

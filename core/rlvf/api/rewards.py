@@ -93,6 +93,19 @@ def _is_number(value: Any) -> bool:
     return hasattr(value, "__float__") and not isinstance(value, (str, bytes, bool))
 
 
+def step_spans(text: str, separator: str = "\n") -> list[tuple[int, int]]:
+    """(start, end) of each step of `text`, the pieces between separators that hold more than whitespace: the step
+    is `text[start:end]`, its closing separator not in it; it starts where the step before it ended with its
+    separator (blank lines before it are its own). `end` is what StepScores.ends holds. [] for whitespace only."""
+    spans, start, offset = [], 0, 0
+    for piece in text.split(separator):
+        if piece.strip():
+            spans.append((start, offset + len(piece)))
+            start = offset + len(piece) + len(separator)
+        offset += len(piece) + len(separator)
+    return spans
+
+
 @dataclass
 class StepScores:
     """Step-level scores of one completion (a process reward): `scores[k]` for step k, which ends at character
@@ -108,14 +121,8 @@ class StepScores:
 
     @classmethod
     def split(cls, text: str, scores: Sequence[float], separator: str = "\n") -> StepScores:
-        """The steps of `text` as the non-empty pieces between `separator`s, scored `scores` in order."""
-        ends, position = [], 0
-        for piece in text.split(separator):
-            position += len(piece)
-            if piece.strip():
-                ends.append(position)
-            position += len(separator)
-        return cls(scores=[float(s) for s in scores], ends=ends)
+        """The steps of `text` as the non-empty pieces between `separator`s (step_spans), scored `scores` in order."""
+        return cls(scores=[float(s) for s in scores], ends=[end for _, end in step_spans(text, separator)])
 
     def problem(self, text_length: int | None) -> str | None:
         """What is wrong with these scores, or None."""

@@ -10,19 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from rlvf.api import ConfigError, completion_text
-
-
-def step_spans(text: str, separator: str = "\n") -> list[tuple[int, int]]:
-    """(start, end) of each step of `text`: the step is `text[start:end]`, its closing separator (if one follows)
-    is not in it; a step starts where the one before it ended with its separator. [] for whitespace only."""
-    spans, start, offset = [], 0, 0
-    for piece in text.split(separator):
-        if piece.strip():
-            spans.append((start, offset + len(piece)))
-            start = offset + len(piece) + len(separator)
-        offset += len(piece) + len(separator)
-    return spans
+from rlvf.api import ConfigError, completion_text, step_spans  # step_spans: the core's, the one definition of a step
 
 
 def step_ends(text: str, separator: str = "\n") -> list[int]:
