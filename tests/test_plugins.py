@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -145,29 +146,28 @@ def test_registering_a_non_task_is_an_error(site):
 
 
 @pytest.mark.timeout(600)
-def test_new_plugin_package_installs_scores_and_uninstalls(tmp_path):
-    """The whole user path: scaffold a plugin, pip-install it, see it, score with it, run its own test,
-    uninstall it, and it is gone."""
+def test_new_plugin_package_installs_and_scores(tmp_path):
+    """The whole user path: scaffold a plugin, pip-install it, see it, score with it and run its own test. It
+    installs into a directory of its own on PYTHONPATH: installing into the shared venv raced the other xdist
+    workers, whose `rlvf` saw its entry point before its module (CI, stop 28)."""
     run_rlvf("new-plugin", "short_answer", "--directory", str(tmp_path))
-    package = tmp_path / "rlvf-short-answer"
-    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "--no-deps", "--no-build-isolation", str(package)], check=True, timeout=300)
-    try:
-        plugins = {p["distribution"]: p for p in plugins_json()}
-        assert plugins["rlvf-short-answer"]["rewards"] == ["short_answer"]
-        rows = tmp_path / "rows.jsonl"
-        rows.write_text('{"prompt": "q", "completion": "42", "answer": "42"}\n'
-                        '{"prompt": "q", "completion": "' + "x" * 300 + '", "answer": "42"}\n')
-        output = tmp_path / "scored.jsonl"
-        run_rlvf("score", "--reward", "short_answer", "--reward", "qa_exact:2", "--input", str(rows),
-                 "--output", str(output))
-        assert [line.count('"short_answer": 1.0') for line in output.read_text().splitlines()] == [1, 0]
-        own_tests = subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(package / "tests")],
-                                   capture_output=True, text=True, timeout=120)
-        assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
-    finally:
-        subprocess.run([*pip, "uninstall", "-y", "rlvf-short-answer"], check=True, timeout=120)
-    assert "rlvf-short-answer" not in {p["distribution"] for p in plugins_json()}
+    package, site = tmp_path / "rlvf-short-answer", tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "--disable-pip-version-check", "-q", "install", "--no-deps",
+                    "--no-build-isolation", "--target", str(site), str(package)], check=True, timeout=300)
+    env = {"PYTHONPATH": str(site)}
+    plugins = {p["distribution"]: p for p in plugins_json(env)}
+    assert plugins["rlvf-short-answer"]["rewards"] == ["short_answer"]
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "q", "completion": "42", "answer": "42"}\n'
+                    '{"prompt": "q", "completion": "' + "x" * 300 + '", "answer": "42"}\n')
+    output = tmp_path / "scored.jsonl"
+    run_rlvf("score", "--reward", "short_answer", "--reward", "qa_exact:2", "--input", str(rows),
+             "--output", str(output), env=env)
+    assert [line.count('"short_answer": 1.0') for line in output.read_text().splitlines()] == [1, 0]
+    own_tests = subprocess.run([str(BIN / "pytest"), "-q", "-p", "no:cacheprovider", str(package / "tests")],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert own_tests.returncode == 0, own_tests.stdout + own_tests.stderr
+    assert "rlvf-short-answer" not in {p["distribution"] for p in plugins_json()}  # nothing leaked into the venv
 
 
 def test_new_plugin_rejects_a_bad_name_and_an_existing_folder(tmp_path):
