@@ -131,7 +131,11 @@ def start_toy_run(toy, run_dir, stdout, text: bool = True, **options):
     model_dir, data, site = toy
     args = [str(BIN / "rlvf"), "train", *toy_config(model_dir, data, run_dir, eval_before=False, **options)]
     env = {**os.environ, "PYTHONPATH": str(site)}
-    return subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=text), args, env
+    # A shell that starts the suite in the background (`make test &`) ignores SIGINT, and the child would inherit
+    # that; the Ctrl-C tests need the terminal's default, which Python turns into KeyboardInterrupt.
+    process = subprocess.Popen(args, env=env, stdout=stdout, stderr=subprocess.PIPE, text=text,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return process, args, env
 
 
 @pytest.mark.timeout(300)
