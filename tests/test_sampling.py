@@ -144,19 +144,37 @@ def test_finished_rows_leaving_the_batch_change_nothing(char_policy, monkeypatch
     assert 2 <= sum(ended) < len(ended)
 
 
-def test_the_draw_is_torch_multinomials_for_the_rows_still_in_the_batch():
-    """The sampler draws as torch.multinomial does (so seeded results are those of a plain decode), for every row of
-    the batch, and picks the tokens of the rows still in it."""
+def test_the_draw_for_the_rows_still_in_the_batch_is_theirs_from_the_whole_batch():
+    """Which rows have left the batch does not change what the others draw."""
     from rlvf.sampling.hf import _pick
 
     logits = torch.randn(6, 500, generator=torch.Generator().manual_seed(0)) * 3
     params = SamplingParams(temperature=0.7)
-    reference = torch.multinomial(torch.softmax(logits / 0.7, -1), 1, generator=torch.Generator().manual_seed(1))
+    everyone, _ = _pick(logits, params, torch.Generator().manual_seed(1), torch.arange(6), 6)
     live = torch.tensor([0, 2, 5])
     tokens, logprobs = _pick(logits[live], params, torch.Generator().manual_seed(1), live, 6)
-    assert tokens.tolist() == reference.squeeze(1)[live].tolist()
+    assert tokens.tolist() == everyone[live].tolist()
     expected = torch.log_softmax(logits / 0.7, -1)[live].gather(1, tokens[:, None]).squeeze(1)
     assert torch.allclose(logprobs, expected)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_the_draw_follows_the_distribution_and_never_picks_a_token_outside_it(top_p):
+    """40,000 draws from one row of known probabilities (with zeros among them, and a nucleus): every frequency
+    within 5 standard errors of its probability, and no token of probability 0 ever drawn."""
+    from rlvf.sampling.hf import _nucleus, _pick
+
+    probs = torch.tensor([0.0, 0.5, 0.0, 0.25, 0.15, 0.1, 0.0])
+    draws = 40_000
+    logits = probs.log().expand(draws, -1).contiguous()
+    tokens, _ = _pick(logits, SamplingParams(temperature=1.0, top_p=top_p), torch.Generator().manual_seed(5),
+                      torch.arange(draws), draws)
+    expected = _nucleus(torch.log_softmax(probs.log(), -1)[None], top_p).exp()[0] if top_p < 1 else probs
+    expected = expected / expected.sum()
+    counts = torch.bincount(tokens, minlength=len(probs)).double()
+    assert counts[expected == 0].sum() == 0
+    standard_error = (expected * (1 - expected) / draws).sqrt()
+    assert ((counts / draws - expected).abs() <= 5 * standard_error + 1e-12).all(), counts / draws
 
 
 @pytest.mark.parametrize("scale", [0.3, 3.0, 30.0])  # flat to peaked: the nucleus from ~all tokens to a few

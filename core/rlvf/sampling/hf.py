@@ -4,11 +4,13 @@ What makes it fast on a CPU, each measured on SmolLM2-135M (bench/sampler_bench.
 - each distinct prompt is prefilled once and its KV cache repeated for its `n` completions;
 - the cache is written into buffers allocated once per batch, not concatenated (copied) at every step;
 - grouped K/V heads go to SDPA as they are (`enable_gqa`) instead of being copied to every query head;
-- rows that have finished leave the batch (LEAVE_WHEN_FINISHED).
-What is sampled stays what a plain per-copy decode with torch.multinomial samples under the same seed: the random
-draws are torch.multinomial's own, made for every row of the batch in the same order whether or not it left, and
-the prefill's matmuls see the rows a per-copy prefill would (see `_decode`). Only a step's row count changes once
-rows leave, which can change a matmul's last bits on a CPU (~1e-5 in a log-prob on SmolLM2; the same tokens).
+- rows that have finished leave the batch (LEAVE_WHEN_FINISHED);
+- a token is drawn by inverse CDF from one uniform number per row (~6 ms a step for 32 rows of a 49k vocabulary,
+  where torch.multinomial's exponential noise over the whole vocabulary took ~35 ms).
+What is sampled does not depend on how the batch is laid out: a step's uniform numbers are drawn for every row of
+the batch in the same order whether or not it left, and the prefill's matmuls see the rows a per-copy prefill would
+(see `_decode`). Only a step's row count changes once rows leave, which can change a matmul's last bits on a CPU
+(~1e-5 in a log-prob on SmolLM2; the same tokens).
 """
 
 from __future__ import annotations
@@ -16,9 +18,9 @@ from __future__ import annotations
 import contextlib
 import functools
 
+from rlvf.models.attention import grouped_attention
 from rlvf.sampling.base import Samples, SamplingParams, eos_ids, finish_samples
 
-GROUPED_SDPA = "rlvf_grouped_sdpa"  # the attention implementation registered with transformers while sampling
 # Finished rows leave the batch once they are this fraction of it: copying the cache without them costs about an
 # eighth of a decode step (SmolLM2, 32 rows), so it waits for several.
 LEAVE_WHEN_FINISHED = 0.25
@@ -51,7 +53,7 @@ class HFSampler:
         was_training = self.model.training
         self.model.eval()
         try:
-            with _grouped_attention(self.model):
+            with grouped_attention(self.model):
                 for start in range(0, len(rows), self.batch_size):
                     ids, lps = self._decode(prompt_ids, rows[start: start + self.batch_size], params, generator)
                     completion_ids += ids
@@ -121,9 +123,10 @@ class HFSampler:
 def _pick(logits, params: SamplingParams, generator, live, batch: int):
     """The next token of each live row and its log-prob under softmax(logits / temperature).
 
-    `logits` holds the rows `live` of a batch of `batch` rows. The draw is torch.multinomial's (argmax of p / q
-    with q ~ Exp(1), one q per vocabulary entry), made for the whole batch so that the random stream, and hence
-    every row's token, does not depend on which rows have already left the batch."""
+    `logits` holds the rows `live` of a batch of `batch` rows. Each row's token is the first whose cumulative
+    probability exceeds u × (the row's total), u ~ U[0, 1) drawn for every row of the batch so that the random
+    stream, and hence every row's token, does not depend on which rows have already left. The sum runs in float64:
+    in float32 the last bits of a cumulative sum near 1 would misweigh tokens of probability ~1e-7."""
     import torch
 
     if params.temperature <= 0:
@@ -132,11 +135,14 @@ def _pick(logits, params: SamplingParams, generator, live, batch: int):
         return tokens, log_probs.gather(1, tokens[:, None]).squeeze(1)
     log_probs = torch.log_softmax(logits if params.temperature == 1 else logits / params.temperature, dim=-1)
     sampling = log_probs if params.top_p >= 1.0 else _nucleus(log_probs, params.top_p)
-    noise = torch.empty((batch, logits.shape[1]), dtype=logits.dtype, device=logits.device)
-    noise = noise.exponential_(generator=generator)
+    uniform = torch.rand(batch, generator=generator, dtype=torch.float64, device=logits.device)
     if len(live) < batch:
-        noise = noise.index_select(0, live)
-    tokens = (sampling.exp() / noise).argmax(dim=-1)
+        uniform = uniform.index_select(0, live)
+    cumulative = sampling.exp().double().cumsum(dim=-1)
+    total = cumulative[:, -1:]
+    # right=True: the token i with cumulative[i - 1] <= u * total < cumulative[i], so one of probability > 0 (u < 1
+    # and rounding to nearest keep u * total below the total)
+    tokens = torch.searchsorted(cumulative, uniform[:, None] * total, right=True).squeeze(1)
     return tokens, log_probs.gather(1, tokens[:, None]).squeeze(1)
 
 
@@ -224,42 +230,3 @@ def _repeat_rows_before_lm_head(model, copies):
         yield
     finally:
         handle.remove()
-
-
-@contextlib.contextmanager
-def _grouped_attention(model):
-    """On a CPU, switch a model that uses transformers' "sdpa" attention to `_grouped_sdpa` while sampling."""
-    config = model.config
-    if model.device.type != "cpu" or getattr(config, "_attn_implementation", None) != "sdpa":
-        yield
-        return
-    _register_grouped_sdpa()
-    config._attn_implementation = GROUPED_SDPA
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
-
-
-@functools.cache
-def _register_grouped_sdpa() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(GROUPED_SDPA, _grouped_sdpa)
-    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
-
-
-def _grouped_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """transformers' "sdpa" attention, except that under a padding mask grouped K/V heads go to SDPA as they are
-    (`enable_gqa`, the same numbers): transformers copies them to every query head there, a third of a CPU decode
-    step for SmolLM2 (3 K/V heads for 9 query heads)."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if attention_mask is None or key.shape[1] == query.shape[1] or kwargs.get("position_bias") is not None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    out = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
-                                                           dropout_p=dropout, scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
