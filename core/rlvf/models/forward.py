@@ -27,7 +27,7 @@ def completion_hidden_states(decoder, rollout: Rollout) -> torch.Tensor:
     repeated for its completions: with few-shot prompts, most tokens of a batch are prompt tokens. Two decoder calls
     in all, whatever the number of prompts: the distinct prompts (left-padded to the longest), then every completion
     (padded to the longest) on its prompt's cache. One call per prompt instead ran each weight's matmuls on a few
-    hundred rows and summed a gradient per call: 1.4x slower on a CPU (SmolLM2, 4 prompts x 8). Every token the
+    hundred rows and summed a gradient per call: 1.3x slower on a CPU (SmolLM2, 4 prompts x 8). Every token the
     pass reads is embedded in one lookup, whose backward is one dense [V, H] gradient. Positions past a completion's
     end hold states of padding, which nothing reads.
     """

@@ -6,7 +6,7 @@ What makes it fast on a CPU, each measured on SmolLM2-135M (bench/sampler_bench.
 - grouped K/V heads go to SDPA as they are (`enable_gqa`) instead of being copied to every query head;
 - rows that have finished leave the batch (LEAVE_WHEN_FINISHED);
 - a token is drawn by inverse CDF from one uniform number per row (~6 ms a step for 32 rows of a 49k vocabulary,
-  where torch.multinomial's exponential noise over the whole vocabulary took ~35 ms).
+  where torch.multinomial's exponential noise over the whole vocabulary took ~38 ms).
 What is sampled does not depend on how the batch is laid out: a step's uniform numbers are drawn for every row of
 the batch in the same order whether or not it left, and the prefill's matmuls see the rows a per-copy prefill would
 (see `_decode`). Only a step's row count changes once rows leave, which can change a matmul's last bits on a CPU
