@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from rlvf.models.attention import grouped_attention
+from rlvf.models.loading import left_padded
 
 if TYPE_CHECKING:  # no import at run time: models/ does not depend on stages/
     from rlvf.models.critic import Critic
@@ -34,14 +35,13 @@ def completion_hidden_states(decoder, rollout: Rollout) -> torch.Tensor:
     device = rollout.input_ids.device
     steps = rollout.completion_ids.shape[1]
     real = rollout.completion_ids != -1
-    first_rows, copies = _groups(rollout.group_ids)  # a row of each prompt; each row's prompt
-    lengths = rollout.completion_start[first_rows].tolist()
-    width, body = max(lengths), max(1, int(real.sum(1).max())) - 1  # the prompts' and the completions' widths
-    prompts = rollout.input_ids.new_zeros((len(lengths), width))  # left-padded: every prompt ends at column -1
-    prompt_mask = torch.zeros_like(prompts)
-    for index, (row, length) in enumerate(zip(first_rows.tolist(), lengths, strict=True)):
-        prompts[index, width - length:] = rollout.input_ids[row, :length]
-        prompt_mask[index, width - length:] = 1
+    groups, copies = torch.unique(rollout.group_ids, return_inverse=True)  # each row's prompt (group_ids: on the CPU)
+    rows = torch.arange(len(copies))
+    first_rows = rows.new_full((len(groups),), len(copies)).scatter_reduce(0, copies, rows, "amin").tolist()
+    prompts, prompt_mask = left_padded([rollout.input_ids[row, : rollout.completion_start[row]].tolist()
+                                        for row in first_rows], pad_id=0, device=device)
+    copies = copies.to(device)
+    body = max(1, int(real.sum(1).max())) - 1  # the completions' width, less the token nothing follows
     tokens = rollout.completion_ids[:, :body].clamp(min=0)
     embedded = decoder.get_input_embeddings()(torch.cat([prompts.flatten(), tokens.flatten()]))
     embedded_prompts, embedded_tokens = embedded.split([prompts.numel(), tokens.numel()])
@@ -53,22 +53,11 @@ def completion_hidden_states(decoder, rollout: Rollout) -> torch.Tensor:
             cache = prefix.past_key_values
             cache.batch_select_indices(copies)
             attention = torch.cat([prompt_mask.index_select(0, copies), real[:, :body].long()], dim=1)
-            positions = torch.tensor(lengths, device=device).index_select(0, copies)[:, None] + torch.arange(
-                body, device=device)
+            positions = rollout.completion_start[:, None] + torch.arange(body, device=device)
             states = decoder(inputs_embeds=embedded_tokens.view(*tokens.shape, -1), attention_mask=attention,
                              position_ids=positions, past_key_values=cache).last_hidden_state
             hidden = torch.cat([hidden, states], dim=1)
     return torch.nn.functional.pad(hidden, (0, 0, 0, steps - hidden.shape[1]))
-
-
-def _groups(group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(the first row of each distinct group, in order of first appearance; each row's index into those)."""
-    firsts: dict[int, int] = {}
-    for row, group in enumerate(group_ids.tolist()):
-        firsts.setdefault(group, row)
-    position = {group: index for index, group in enumerate(firsts)}
-    copies = torch.tensor([position[group] for group in group_ids.tolist()], device=group_ids.device)
-    return torch.tensor(list(firsts.values()), device=group_ids.device), copies
 
 
 # Positions per chunk of the LM head: a chunk's float32 logits are CHUNK x V (50 MB for SmolLM2's 49k vocabulary).

@@ -63,3 +63,14 @@ def encode_prompts(tokenizer, prompts: list[Any]) -> list[list[int]]:
     # A chat template already writes its special tokens; plain text gets the tokenizer's own.
     return [tokenizer(text, add_special_tokens=not is_chat)["input_ids"] for text, is_chat in zip(texts, chat,
                                                                                                  strict=True)]
+
+
+def left_padded(sequences: list[list[int]], pad_id: int, device=None):
+    """(token ids [N, longest] with each sequence ending in the last column, `pad_id` before it; the attention mask,
+    1 on the sequence's tokens): prompts laid out so that every one's next token comes at the same position."""
+    import torch
+
+    width = max(map(len, sequences))
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    return ids, mask

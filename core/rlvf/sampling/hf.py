@@ -19,6 +19,7 @@ import contextlib
 import functools
 
 from rlvf.models.attention import grouped_attention
+from rlvf.models.loading import left_padded
 from rlvf.sampling.base import Samples, SamplingParams, eos_ids, finish_samples
 
 # Finished rows leave the batch once they are this fraction of it: copying the cache without them costs about an
@@ -73,9 +74,8 @@ class HFSampler:
         distinct = list(dict.fromkeys(rows))
         copies = torch.tensor([distinct.index(prompt) for prompt in rows], device=device)
         prompts = [prompt_ids[prompt] for prompt in distinct]
-        width, batch = max(len(ids) for ids in prompts), len(rows)
-        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in prompts], device=device)
-        prompt_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in prompts], device=device)
+        input_ids, prompt_mask = left_padded(prompts, pad, device)
+        width, batch = input_ids.shape[1], len(rows)
         positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)[:, -1:].index_select(0, copies)
         # The mask of every step at once: a step passes the first width + step columns.
         attention = torch.cat([prompt_mask.index_select(0, copies),
