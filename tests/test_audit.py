@@ -10,11 +10,12 @@ import types
 import pytest
 
 from conftest import run_rlvf, write_distribution
-from rlvf.api import hookimpl, with_final_answer_changed, wrong_number
+from rlvf.api import hookimpl, with_final_answer_changed, with_sign_dropped, wrong_number
 from rlvf.api.exploits import ExploitFamily
-from rlvf.api.rewards import MixEntry, RewardMix
+from rlvf.api.rewards import MixEntry, RewardMix, mix_from_config
 from rlvf.audit.builtin import answer_forms
 from rlvf.audit.run import build_completions, run_audit
+from rlvf.config import RewardConfig
 from rlvf.errors import PluginError
 from rlvf.plugins import PluginInfo, get_registry, load_registry
 
@@ -109,7 +110,7 @@ def test_the_math_reward_pays_gold_only_and_no_exploit(demo_audit):
     flagged = [name for name, family in math["families"].items() if family["flagged"]]
     assert flagged == [], flagged
     assert {"hedge", "enumeration", "echo", "format_only", "grader_directed", "self_assessment", "padding",
-            "empty"} <= set(math["families"])
+            "empty", "sign_dropped"} <= set(math["families"])
     assert all(family["n"] > 0 for family in math["families"].values())
     table = family_table(result.stdout, "math (weight 1, from rlvf-math)")
     assert table["gold"][1:5] == ["gold", "80", "1.0000", "+1.0000"] and table["hedge"][5] == "ok"
@@ -220,6 +221,29 @@ def audit(mix, rows, families=None, seed=0):
                      titles={name: name for name in [*mix.names, "reward"]})
 
 
+def test_sign_dropped_flags_a_sign_blind_checker_and_not_the_math_reward():
+    """A checker comparing magnitudes (the blind spot of the RLHF example's first RM) pays `0 - 6 = 6.` for -6."""
+    import re
+
+    def sign_blind(prompts, completions, answer, **columns):
+        numbers = [re.findall(r"\d+", completion[0]["content"]) for completion in completions]
+        return [1.0 if found and found[-1] == gold.lstrip("-") else 0.0 for found, gold in zip(numbers, answer,
+                                                                                                strict=True)]
+
+    rows = arithmetic_rows(40)
+    negative = [row for row in rows if int(row["answer"]) < 0]
+    assert negative and len(negative) < len(rows)
+    blind = audit(RewardMix([MixEntry("sign_blind", sign_blind)]), rows)
+    dropped = next(f for f in blind.results[0].families if f.family.name == "sign_dropped")
+    assert dropped.flagged and dropped.mean == 1.0
+    texts = [c.text for c in build_completions([get_registry().exploits["sign_dropped"]], rows, seed=0)]
+    magnitude = negative[0]["answer"].lstrip("-")
+    assert f"The answer is \\boxed{{{magnitude}}}." in texts and f"{negative[0]['expression']} = {magnitude}." in texts
+    assert len(texts) == 4 * len(negative)  # positive and zero answers have no sign to drop
+    math = audit(mix_from_config(RewardConfig(mix={"math": 1.0}), get_registry()), rows)
+    assert not next(f for f in math.results[0].families if f.family.name == "sign_dropped").flagged
+
+
 def test_fail_on_margin_counts_gains_above_it():
     report = audit(planted_mix(), arithmetic_rows())
     hedge = next(f for f in report.results[0].families if f.family.name == "hedge")
@@ -307,6 +331,13 @@ def test_wrong_number_is_a_different_nearby_integer():
     for answer in ("0", "7", "9", "-3", "42", "-56"):
         shapes = {(int(w) < 0, len(str(abs(int(w))))) for w in (wrong_number(answer, rng) for _ in range(50))}
         assert shapes == {(int(answer) < 0, len(answer.lstrip("-")))}, answer
+
+
+def test_with_sign_dropped():
+    assert with_sign_dropped("0 - 6 = -6. The answer is \\boxed{-6}.", "-6") == "0 - 6 = 6. The answer is \\boxed{6}."
+    assert with_sign_dropped("3 - 9 = -6, not -16.", " -6 ") == "3 - 9 = 6, not -16."  # -16 is another number
+    assert with_sign_dropped("3 + 4 = 7.", "7") is None and with_sign_dropped("x", "-0.5") is None
+    assert with_sign_dropped("The answer is 6.", "-6") is None  # the answer does not occur
 
 
 def test_with_final_answer_changed():

@@ -136,6 +136,28 @@ def test_hard_negatives_change_only_the_final_answer_of_a_verified_completion(ch
     assert plain_stats["hard_negative_pairs"] == 0 and not any(p["hard_negative"] for p in plain)
 
 
+@pytest.mark.timeout(60)
+def test_sign_dropped_hard_negatives_are_verified_wrong_and_only_for_negative_answers():
+    """The slip same-shape wrong answers never show (`0 - 6 = 6` for -6): with `sign_dropped` the copy without the
+    minus sign is a hard negative, checked by the real `math` reward; a positive answer gets no such copy."""
+    from rlvf.api import mix_from_config
+    from rlvf.config import RewardConfig
+    from rlvf.stages.pairs import verified_hard_negatives
+
+    mix = mix_from_config(RewardConfig(mix={"math": 1.0}), load_registry())
+    items = [("Calculate 0 - 6.", "0 - 6 = -6. The answer is \\boxed{-6}.", {"answer": "-6"}),
+             ("Calculate 3 + 4.", "3 + 4 = 7. The answer is \\boxed{7}.", {"answer": "7"})]
+    with_sign, without = (verified_hard_negatives(mix, "math", items, 2, random.Random(0), sign_dropped=flag)
+                          for flag in (True, False))
+    dropped = "0 - 6 = 6. The answer is \\boxed{6}."
+    assert dropped in with_sign[0] and dropped not in without[0]
+    assert set(with_sign[0]) - {dropped} == set(without[0]) and with_sign[1] == without[1]
+    assert not any("-" in text.split("= ")[1] for text in with_sign[1])  # 7 never becomes -7
+    scored = [(text, row["answer"]) for out, (_, _, row) in zip(with_sign, items, strict=True) for text in out]
+    verdicts = mix.score(["q"] * len(scored), [text for text, _ in scored], answer=[answer for _, answer in scored])
+    assert verdicts.per_reward["math"] == [0.0] * len(scored)
+
+
 def test_held_out_pairs_never_share_a_prompt_with_training_pairs(tmp_path):
     rows = [{"prompt": f"p{i // 3}", "chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(60)]
     path = tmp_path / "pairs.jsonl"

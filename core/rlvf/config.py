@@ -346,6 +346,10 @@ class PairsConfig(Section):
     # Per distinct verified-correct sample, pairs whose rejected side is that sample with only its final answer
     # changed (rlvf.api.with_final_answer_changed): the reward model must check the answer, not the style.
     hard_negatives: int = 0
+    # With hard negatives, a right sample whose final answer is negative also against itself with the minus sign
+    # dropped (`0 - 6 = 6`): same-shape wrong answers never show that slip, and an RM trained without these pairs
+    # preferred the dropped sign on 43 of 45 negative answers (README, RLHF).
+    sign_dropped: bool = True
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128

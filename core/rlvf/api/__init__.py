@@ -37,6 +37,7 @@ _EXPORTS = {
     "completion_text": "rlvf.api.text", "final_turn_text": "rlvf.api.text", "reward_completions": "rlvf.api.text",
     "is_conversational": "rlvf.api.text", "last_boxed": "rlvf.api.text",
     "wrong_number": "rlvf.api.text", "with_final_answer_changed": "rlvf.api.text",
+    "with_sign_dropped": "rlvf.api.text",
     "standalone_number": "rlvf.api.text",
     "Task": "rlvf.api.tasks", "DatasetTask": "rlvf.api.tasks", "fill_template": "rlvf.api.tasks",
     "is_messages": "rlvf.api.tasks", "split_held_out": "rlvf.api.tasks", "task_from_config": "rlvf.api.tasks",

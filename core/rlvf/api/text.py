@@ -119,6 +119,20 @@ def with_final_answer_changed(completion: str, answer: str, rng) -> str | None:
     return changed if count else None
 
 
+def with_sign_dropped(completion: str, answer: str) -> str | None:
+    """A hard negative for a negative integer `answer`: `completion` with every standalone occurrence of it written
+    without its minus sign (`0 - 6 = -6. ... \\boxed{-6}` -> `0 - 6 = 6. ... \\boxed{6}`), the slip wrong_number's
+    same-shape answers never show. None when the answer is not a negative integer or does not occur."""
+    try:
+        value = int(str(answer).strip())
+    except ValueError:
+        return None
+    if value >= 0:
+        return None
+    changed, count = standalone_number(str(value)).subn(str(-value), completion)
+    return changed if count else None
+
+
 def standalone_number(number: str):
     """A regex of `number` where it stands alone: not part of a longer number (no digit, no decimal point followed
     by a digit, no minus sign before it; "56" is not found in "156", "56.5" or "-56")."""

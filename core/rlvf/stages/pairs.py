@@ -21,7 +21,7 @@ from typing import Any
 
 from rlvf.api.rewards import RewardMix, check_task_columns
 from rlvf.api.tasks import DatasetTask, Task, split_held_out
-from rlvf.api.text import completion_text, with_final_answer_changed
+from rlvf.api.text import completion_text, with_final_answer_changed, with_sign_dropped
 from rlvf.config import DatasetSource, PairsConfig, PreferenceConfig
 from rlvf.errors import ConfigError
 from rlvf.models.loading import encode_prompts
@@ -147,7 +147,8 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
     if config.hard_negatives:
         items = [(row["prompt"], chosen, row) for row, (correct, _) in zip(rows, buckets, strict=True)
                  for chosen in correct]
-        hard = verified_hard_negatives(mix, accuracy_reward, items, config.hard_negatives, rng)
+        hard = verified_hard_negatives(mix, accuracy_reward, items, config.hard_negatives, rng,
+                                       sign_dropped=config.sign_dropped)
     hard_by_sample = iter(hard)
     pairs: list[dict[str, Any]] = []
     mixed_prompts = hard_negatives = 0
@@ -175,17 +176,20 @@ def generate_pairs(model, tokenizer, task: Task, mix: RewardMix, config: PairsCo
 
 
 def verified_hard_negatives(mix: RewardMix, accuracy_reward: str, items: list[tuple[Any, str, dict[str, Any]]],
-                            per_item: int, rng: random.Random) -> list[list[str]]:
+                            per_item: int, rng: random.Random, *, sign_dropped: bool = False) -> list[list[str]]:
     """Hard negatives of verified-correct completions, for `rlvf pairs` and `rlvf train-judge` alike: for each
     (prompt, completion, row) of `items`, up to `per_item` distinct copies of the completion with only its final
     answer changed (with_final_answer_changed on the row's `answer`), kept only if the accuracy reward rejects
-    them (a changed copy can still be right: the answer written a second way, `56.0`). One list per item, in
-    order; [] for a row without an `answer`."""
+    them (a changed copy can still be right: the answer written a second way, `56.0`). With `sign_dropped`, a
+    negative answer's copy without its minus sign too (with_sign_dropped). One list per item, in order; [] for a
+    row without an `answer`."""
     candidates: list[tuple[int, Any, str, dict[str, Any]]] = []  # (item index, prompt, changed completion, row)
     for index, (prompt, completion, row) in enumerate(items):
         if row.get("answer") is None:
             continue
         changed = {with_final_answer_changed(completion, str(row["answer"]), rng) for _ in range(per_item)}
+        if sign_dropped:
+            changed.add(with_sign_dropped(completion, str(row["answer"])))
         candidates += [(index, prompt, text, row) for text in sorted(changed - {None, completion})]
     out: list[list[str]] = [[] for _ in items]
     if not candidates:
