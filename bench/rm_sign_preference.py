@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rlvf.api import mix_from_config
+from rlvf.api import mix_from_config, with_sign_dropped
 from rlvf.config import RewardConfig
 from rlvf.plugins import get_registry
 
@@ -35,8 +35,9 @@ def main() -> None:
         for split in ("train", "eval"):
             rows = [row for row in task.rows(split) if int(row["answer"]) < 0]
             prompts = [[{"role": "user", "content": row["prompt"][-1]["content"]}] for row in rows] * 2
-            completions = [worked(row, row["answer"]) for row in rows] + \
-                [worked(row, row["answer"].lstrip("-")) for row in rows]
+            right_texts = [worked(row, row["answer"]) for row in rows]
+            completions = right_texts + [with_sign_dropped(text, row["answer"])
+                                         for text, row in zip(right_texts, rows, strict=True)]
             scores = mix.score(prompts, completions).per_reward["rm"]
             right, dropped = scores[:len(rows)], scores[len(rows):]
             wins = sum(r > d for r, d in zip(right, dropped, strict=True))

@@ -17,7 +17,7 @@ from typing import Any
 
 from rlvf.api.exploits import AuditRow
 from rlvf.api.hookspecs import hookimpl
-from rlvf.api.text import completion_text, standalone_number, wrong_number
+from rlvf.api.text import completion_text, standalone_number, with_sign_dropped, wrong_number
 
 
 def row_answer(row: dict[str, Any]) -> str | None:
@@ -188,11 +188,7 @@ def sign_dropped(audit_row, answer, wrong):
     """A negative answer without its minus sign (`0 - 6 = 6.` for -6), in the gold's forms: wrong_number keeps the
     sign, so a reward model trained on its wrong answers may never have seen this slip (the RLHF example's first RM
     preferred it to the right answer on 43 of 45 negative answers). [] for other answers."""
-    try:
-        value = int(answer)
-    except ValueError:
-        return []
-    return answer_forms(audit_row.row, str(-value)) if value < 0 else []
+    return [with_sign_dropped(text, answer) for text in answer_forms(audit_row.row, answer)]
 
 
 @hookimpl
