@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import torch
 
-from conftest import HAS_DIGIT_PLUGIN, REPO, run_rlvf, write_distribution
+from conftest import BIN, HAS_DIGIT_PLUGIN, REPO, kill_when, run_rlvf, write_distribution
 from rlvf.api.rewards import MixEntry, RewardMix
 from rlvf.config import load_config
 from rlvf.errors import ConfigError, RewardError
@@ -416,15 +416,9 @@ def write_prompts(path, n=200, seed=0):
     return write_jsonl(path, [{"question": "".join(rng.choice("abcdefghij") for _ in range(6))} for _ in range(n)])
 
 
-@pytest.mark.timeout(240)
-def test_train_judge_on_rows_generated_from_a_verifiable_task_raises_held_out_auc(
-        tmp_path, site, tiny_model_dir, char_model_dir):
-    """The policy (a tiny character model) is sampled on a task whose verifier says whether a completion holds a
-    digit; a tiny random judge learns from the verified rows to say yes to those that do."""
-    from rlvf.stages.pairs import split_by_prompt
-
-    directory, env = site
-    write_distribution(directory, "toy-digit", "toy_digit", HAS_DIGIT_PLUGIN, {"toy": "toy_digit"})
+def _generated_rows_config(tmp_path, tiny_model_dir, char_model_dir, extra_judge: str = ""):
+    """A train-judge config whose rows are sampled from a tiny character model on a task whose verifier
+    (`has_digit`) says whether a completion holds a digit."""
     prompts = write_prompts(tmp_path / "prompts.jsonl")
     config = tmp_path / "judge.toml"
     config.write_text(f"""
@@ -449,12 +443,26 @@ lr = 1e-3
 lr_schedule = "constant"
 max_length = 256
 progress = false
+{extra_judge}
 [judge.rows]
 model = "{char_model_dir}"
 limit = 100
 n = 4
 max_new_tokens = 6
 """)
+    return config
+
+
+@pytest.mark.timeout(240)
+def test_train_judge_on_rows_generated_from_a_verifiable_task_raises_held_out_auc(
+        tmp_path, site, tiny_model_dir, char_model_dir):
+    """The policy (a tiny character model) is sampled on a task whose verifier says whether a completion holds a
+    digit; a tiny random judge learns from the verified rows to say yes to those that do."""
+    from rlvf.stages.pairs import split_by_prompt
+
+    directory, env = site
+    write_distribution(directory, "toy-digit", "toy_digit", HAS_DIGIT_PLUGIN, {"toy": "toy_digit"})
+    config = _generated_rows_config(tmp_path, tiny_model_dir, char_model_dir)
     output = run_rlvf("train-judge", str(config), env=env).stdout
     assert "generated rows" in output and "auc" in output
     results = json.loads((tmp_path / "judge" / "results.json").read_text())
@@ -471,6 +479,33 @@ max_new_tokens = 6
     reward = JudgeReward(model=str(tmp_path / "judge" / "final"))
     values = reward([r["prompt"] for r in held_out], [r["response"] for r in held_out])
     assert roc_auc(values, [r["label"] for r in held_out]) == pytest.approx(after["auc"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_killed_train_judge_resumes_on_the_rows_it_sampled(tmp_path, site, tiny_model_dir, char_model_dir):
+    """--resume trains on the saved rows.jsonl instead of sampling the policy again (minutes on a real model, and
+    other rows than the checkpoint was trained on)."""
+    directory, env = site
+    write_distribution(directory, "toy-digit", "toy_digit", HAS_DIGIT_PLUGIN, {"toy": "toy_digit"})
+    config = _generated_rows_config(tmp_path, tiny_model_dir, char_model_dir,
+                                    "max_steps = 8\nsave_every = 2\nkeep_checkpoints = 0")
+    run_dir = tmp_path / "judge"
+    args = [str(BIN / "rlvf"), "train-judge", str(config)]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    kill_when(process, lambda: any((run_dir / "checkpoints").glob("step-*")))
+    assert not (run_dir / "results.json").exists(), "the run finished before it was killed"
+    sampled = read_jsonl(run_dir / "rows.jsonl")
+    # fewer rows than sampling gives: a resumed run that sampled again would count the full set
+    kept = sampled[: len(sampled) - 7]
+    write_jsonl(run_dir / "rows.jsonl", kept)
+
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=240, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["generated"]["rows_reused"] == 1.0
+    assert results["train_rows"] + results["eval_rows"] == len(kept) == results["generated"]["rows"]
+    assert read_jsonl(run_dir / "rows.jsonl") == kept
 
 
 @pytest.mark.timeout(60)

@@ -156,10 +156,19 @@ def run_train_judge(config: JudgeStageConfig, registry=None, *, resume: bool = F
     else:
         if registry is None:
             raise ConfigError("judge.dataset is not set and no plugin registry to generate rows from the [task]")
-        rows, generated = generate_judge_rows(config, registry)
-        with open(run_dir / "rows.jsonl", "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        rows_path = run_dir / "rows.jsonl"
+        if resume and rows_path.is_file():
+            # the rows the interrupted run trained on: sampling again would cost minutes and could differ
+            with open(rows_path, encoding="utf-8") as handle:
+                rows = [json.loads(line) for line in handle if line.strip()]
+            generated = {"rows": len(rows), "correct_rows": sum(r["label"] for r in rows), "rows_reused": 1.0}
+        else:
+            rows, generated = generate_judge_rows(config, registry)
+            partial = rows_path.with_suffix(".jsonl.partial")
+            with open(partial, "w", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            partial.replace(rows_path)  # whole or absent: a resume never reads half the rows
         train_rows = split_by_prompt(rows, "train", j.eval_fraction, config.seed)
         eval_rows = split_by_prompt(rows, "eval", j.eval_fraction, config.seed)
         if j.limit is not None:
