@@ -155,23 +155,25 @@ def ray_cluster():
     temp = Path(tempfile.mkdtemp(prefix="rlvf-ray-", dir="/tmp"))  # short: Ray's unix sockets live in it
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "tests"),
                                                                       os.environ.get("PYTHONPATH")]))}
+    log = temp / "head.log"
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", f"--port={port}", "--node-ip-address=127.0.0.1",
          "--num-cpus=2", "--include-dashboard=false", "--object-store-memory=100000000", f"--temp-dir={temp}",
          "--disable-usage-stats"],
-        env=env, stdout=open(temp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
+        env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)  # noqa: SIM115
     try:
-        deadline = time.time() + 60
-        while True:
-            assert head.poll() is None, (temp / "head.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.time() < deadline, "the Ray head did not open its port in 60 s"
-                time.sleep(0.2)
+        # Ready when `ray start` says so: its raylet is then registered. An open GCS port alone is not enough on a
+        # loaded machine (CI saw the driver's connect fail while the raylet was still starting).
+        deadline = time.time() + 120
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None, log.read_text()
+            assert time.time() < deadline, "the Ray head did not start in 120 s:\n" + log.read_text()
+            time.sleep(0.2)
         address = f"127.0.0.1:{port}"
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+        try:  # the driver attaches to this head's own node (its temp dir), not another cluster on the machine
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False, _temp_dir=str(temp))
+        except ConnectionError as error:
+            raise ConnectionError(f"{error}; the head's log:\n{log.read_text()}") from error
         yield address
     finally:
         if ray.is_initialized():
